@@ -1,0 +1,371 @@
+"""The pipeline flow: checkout, read the pipeline file, run its stages, report.
+
+Composition only: every piece of work is a task from ``slipway.tasks``; this
+module decides order, parallelism, skips, caching and what the run reports.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
+from prefect.futures import PrefectFuture
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.urls import url_for
+from pydantic import Field
+
+from slipway.blocks.git import AppRepository
+from slipway.blocks.notifications import SlackNotifier
+from slipway.conditions import ConditionContext, evaluate
+from slipway.exceptions import SlipwayError, StageFailed
+from slipway.flows.scheduler import Decision, StageWalker
+from slipway.redact import Redactor
+from slipway.report import PipelineReport, StageOutcome, summary_markdown
+from slipway.spec import Pipeline, PipelineOverrides, Stage
+from slipway.spec_loader import check_overrides, load_pipeline
+from slipway.tasks.artifacts import restore_artifacts
+from slipway.tasks.checkout import CheckoutResult, checkout
+from slipway.tasks.junit_reports import summary_markdown as tests_markdown
+from slipway.tasks.junit_reports import summary_rows
+from slipway.tasks.notify import PipelineOutcome, notify_slack
+from slipway.tasks.stages import (
+    StageContext,
+    StageFailedWithReport,
+    StageResult,
+    cache_key,
+    stage_environment,
+    stage_task,
+)
+from slipway.workspace import inside, new_workspace
+
+_URLISH = re.compile(r"[/:]")
+
+
+@task(name="skip", tags=["slipway"])
+def skip_stage(reason: str, status: str) -> State:
+    """A visible task run for a stage that does not run, in a non-success state name."""
+    return Completed(name="Skipped" if status == "skipped" else "NotRun", message=reason)
+
+
+@task(name="load-spec", tags=["slipway"])
+def load_spec(workspace: Path, spec_path: str, overrides: PipelineOverrides) -> Pipeline:
+    pipeline = load_pipeline(inside(workspace, spec_path), display_name=spec_path)
+    check_overrides(pipeline, overrides)
+    return pipeline
+
+
+def resolve_repository(repository: str) -> AppRepository:
+    """A clone URL or local path as-is; anything else names an AppRepository block."""
+    if _URLISH.search(repository):
+        return AppRepository(url=repository)
+    return AppRepository.load(repository)
+
+
+def _artifact_key(app: str, what: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", f"{app}-{what}".lower()).strip("-")
+
+
+def _decider(pipeline: Pipeline, overrides: PipelineOverrides, ctx: ConditionContext):  # noqa: ANN202
+    def decide(stage: Stage) -> Decision:
+        if stage.name in overrides.skip:
+            return Decision(False, "skipped by the 'skip_stages' parameter")
+        if overrides.only is not None and stage.name not in overrides.only:
+            group = next((s for s in pipeline.stages if stage in (s.parallel or [])), None)
+            if group is None or group.name not in overrides.only:
+                inner = [c.name for c in stage.parallel or [] if c.name in overrides.only]
+                if not inner:
+                    return Decision(False, "not among the 'stages' parameter")
+        if stage.when is not None:
+            verdict = evaluate(stage.when, ctx)
+            if not verdict.holds:
+                return Decision(False, f"when: {verdict.reason}")
+        return Decision(True)
+
+    return decide
+
+
+def _run_stages(
+    pipeline: Pipeline,
+    walker: StageWalker,
+    checkout_result: CheckoutResult,
+    context: StageContext,
+    pipeline_env: dict[str, str],
+    refresh_cache: bool,
+) -> None:
+    logger = get_run_logger()
+    default_delays = pipeline.defaults.retries.delays()
+    keys: dict[str, str] = {}
+    running: dict[concurrent.futures.Future[Any], tuple[Stage, PrefectFuture[Any], float]] = {}
+
+    def upstream_keys(stage: Stage) -> list[str]:
+        group = walker.group_of(stage.name)
+        top = group or stage.name
+        names = walker.deps[top]
+        return [keys.get(n, f"uncached:{n}") for n in names]
+
+    while not walker.done:
+        for outcome in walker.advance():
+            logger.info("stage %s: %s (%s)", outcome.name, outcome.status, outcome.reason)
+            skip_stage.with_options(task_run_name=outcome.name).submit(
+                outcome.reason, outcome.status
+            ).wait()
+        slots = pipeline.max_parallel - walker.running
+        for stage in walker.take(max(slots, 0)):
+            key = cache_key(
+                app=pipeline.app,
+                sha=checkout_result.sha,
+                branch=checkout_result.branch,
+                stage=stage,
+                env=pipeline_env,
+                upstream=upstream_keys(stage),
+            )
+            stage_run = stage_task(
+                stage,
+                default_timeout=pipeline.defaults.timeout,
+                default_retries=default_delays,
+                refresh=refresh_cache,
+            )
+            future = stage_run.submit(stage, context, key if stage.cache else None)
+            running[future.wrapped_future] = (stage, future, time.monotonic())
+        if not running:
+            if walker.done:
+                break
+            continue
+        finished, _ = concurrent.futures.wait(
+            list(running), return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for raw in finished:
+            stage, future, started = running.pop(raw)
+            future.wait()
+            state = future.state
+            group = walker.group_of(stage.name)
+            elapsed = round(time.monotonic() - started, 3)
+            if state.is_completed():
+                result: StageResult = state.result()
+                cached = state.name == "Cached"
+                if cached:
+                    restored = restore_artifacts(result.artifacts, checkout_result.workspace)
+                    logger.info(
+                        "stage %s: cached result reused (same commit %s, stage spec and inputs); "
+                        "not rerun, %d archived file(s) restored",
+                        stage.name,
+                        checkout_result.short_sha,
+                        restored,
+                    )
+                if result.cache_key:
+                    keys[stage.name] = result.cache_key
+                walker.record(
+                    StageOutcome(
+                        stage.name,
+                        "cached" if cached else "passed",
+                        result.seconds if cached else elapsed,
+                        "reused from an earlier run" if cached else "",
+                        group,
+                        result.artifacts,
+                        result.tests,
+                    )
+                )
+            else:
+                error = state.result(raise_on_failure=False)
+                report = error.report if isinstance(error, StageFailedWithReport) else None
+                reason = (
+                    error.detail
+                    if isinstance(error, StageFailedWithReport)
+                    else (state.message or str(error))
+                )
+                if isinstance(error, StageFailed) and not isinstance(error, StageFailedWithReport):
+                    reason = str(error).split(": ", 1)[-1]
+                logger.error("stage %s failed: %s", stage.name, reason)
+                walker.record(
+                    StageOutcome(stage.name, "failed", elapsed, reason, group, (), report)
+                )
+
+
+def _publish_artifacts(report: PipelineReport) -> None:
+    create_markdown_artifact(
+        key=_artifact_key(report.app, "pipeline-summary"),
+        markdown=summary_markdown(report),
+        description=f"{report.app} pipeline at {report.sha[:12]}: {report.status}",
+    )
+    suites = report.test_reports
+    if suites:
+        create_markdown_artifact(
+            key=_artifact_key(report.app, "tests"),
+            markdown=tests_markdown(suites),
+            description="Test suites: passed / failed / skipped / errors, failures, slowest",
+        )
+        create_table_artifact(
+            key=_artifact_key(report.app, "test-totals"),
+            table=summary_rows(suites),
+            description="Per-suite and total test counts",
+        )
+    files = report.artifacts
+    if files:
+        create_table_artifact(
+            key=_artifact_key(report.app, "build-artifacts"),
+            table=[
+                {"stage": stage, "path": a.path, "size": a.size, "sha256": a.sha256}
+                for stage, a in files
+            ],
+            description="Archived build outputs with their sha256 fingerprints",
+        )
+
+
+def _notify(notifier_name: str | None, report: PipelineReport, redactor: Redactor) -> None:
+    if not notifier_name:
+        return
+    logger = get_run_logger()
+    try:
+        notifier = SlackNotifier.load(notifier_name)
+    except Exception as exc:  # a notifier that cannot load must not fail the pipeline
+        logger.warning(
+            "notifier %r could not be loaded: %s", notifier_name, redactor.redact(str(exc))
+        )
+        return
+    outcome = PipelineOutcome(
+        app=report.app,
+        branch=report.branch or "-",
+        commit=report.sha,
+        status=report.status,
+        failed_stage=report.failed_stage,
+        reason=report.reason,
+        run_url=report.run_url,
+        duration_seconds=report.seconds,
+        stages=tuple((s.name, s.status) for s in report.stages),
+    )
+    notify_slack(notifier, outcome, redactor)
+
+
+@flow(
+    name="pipeline",
+    task_runner=ThreadPoolTaskRunner(max_workers=64),
+    persist_result=True,
+    description="Checkout, then the stages of the repository's slipway.yaml.",
+)
+def pipeline(
+    repository: Annotated[
+        str, Field(description="AppRepository block name, or a clone URL / local path.")
+    ],
+    branch: Annotated[
+        str | None, Field(description="Branch to build (default: the repository's).")
+    ] = None,
+    commit: Annotated[
+        str | None, Field(description="Tag or full SHA to build instead of the branch head.")
+    ] = None,
+    base: Annotated[
+        str | None, Field(description="Base commit for changesets (default: the parent).")
+    ] = None,
+    stages: Annotated[list[str] | None, Field(description="Run only these stages.")] = None,
+    skip_stages: Annotated[list[str] | None, Field(description="Stages to skip.")] = None,
+    env: Annotated[
+        dict[str, str] | None, Field(description="Extra pipeline environment variables.")
+    ] = None,
+    notifier: Annotated[str | None, Field(description="SlackNotifier block name.")] = None,
+    refresh_cache: Annotated[
+        bool, Field(description="Rerun every stage, ignoring cached results.")
+    ] = False,
+    keep_workspace: Annotated[
+        bool, Field(description="Keep the workspace after a successful run.")
+    ] = False,
+) -> PipelineReport:
+    logger = get_run_logger()
+    started = time.monotonic()
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]
+    run_url = url_for(flow_run) if flow_run else None
+    run_id = str(flow_run.id) if flow_run else "local"
+    overrides = PipelineOverrides(only=stages, skip=skip_stages or [], env=env or {})
+    redactor = Redactor()
+    repo = resolve_repository(repository)
+    redactor.add(*repo.secret_values())
+    branch_name = branch or repo.default_branch
+    workspace = new_workspace("runs", run_id)
+    app = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    sha = commit or "unknown"
+    step = "checkout"
+    try:
+        result: CheckoutResult = checkout(
+            repo, workspace, ref=commit or branch_name, base=base, redactor=redactor
+        )
+        sha = result.sha
+        result = CheckoutResult(**{**result.__dict__, "branch": branch_name})
+        logger.info(
+            "checked out %s at %s (%s): %s, %d file(s) changed since %s",
+            branch_name,
+            result.short_sha,
+            result.author,
+            result.message.splitlines()[0] if result.message else "",
+            len(result.changed_files),
+            (result.base_sha or "the root")[:12],
+        )
+        step = "load-spec"
+        spec = load_spec(workspace, repo.spec_path, overrides)
+        app = spec.app
+        pipeline_env = {**spec.env, **overrides.env}
+        run_vars = {
+            "CI": "true",
+            "SLIPWAY_APP": app,
+            "SLIPWAY_BRANCH": branch_name,
+            "SLIPWAY_COMMIT": result.sha,
+            "SLIPWAY_REF": commit or branch_name,
+            "SLIPWAY_BASE_COMMIT": result.base_sha or "",
+            "SLIPWAY_RUN_ID": run_id,
+            "SLIPWAY_WORKSPACE": str(workspace),
+        }
+        context = StageContext(
+            workspace=workspace,
+            env=stage_environment(base=None, pipeline_env=pipeline_env, run_vars=run_vars),
+            default_timeout=spec.defaults.timeout,
+            redactor=redactor,
+        )
+        conditions = ConditionContext(
+            branch=branch_name, env=context.env, changed_files=result.changed_files
+        )
+        walker = StageWalker(spec, _decider(spec, overrides, conditions))
+        _run_stages(spec, walker, result, context, pipeline_env, refresh_cache)
+        outcomes = walker.ordered()
+        failed = next(
+            (o for o in outcomes if o.status == "failed" and o.group is None),
+            next((o for o in outcomes if o.status == "failed"), None),
+        )
+        report = PipelineReport(
+            app=app,
+            sha=result.sha,
+            branch=branch_name,
+            status="failure" if failed else "success",
+            stages=tuple(outcomes),
+            failed_stage=failed.name if failed else None,
+            reason=failed.reason if failed else None,
+            run_url=run_url,
+            seconds=round(time.monotonic() - started, 3),
+        )
+    except SlipwayError as exc:
+        report = PipelineReport(
+            app=app,
+            sha=sha,
+            branch=branch_name,
+            status="failure",
+            failed_stage=step,
+            reason=redactor.redact(str(exc)),
+            run_url=run_url,
+            seconds=round(time.monotonic() - started, 3),
+        )
+    _publish_artifacts(report)
+    _notify(notifier, report, redactor)
+    if report.status == "failure":
+        logger.error("pipeline failed at stage %s: %s", report.failed_stage, report.reason)
+        return Failed(  # type: ignore[return-value]
+            message=redactor.redact(f"stage {report.failed_stage!r} failed: {report.reason}"),
+            data=report,
+        )
+    if not keep_workspace:
+        shutil.rmtree(workspace, ignore_errors=True)
+    logger.info("pipeline succeeded in %.1f s", report.seconds)
+    return report

@@ -1,0 +1,150 @@
+"""Walking the stage graph: what may start now, what must wait, what never runs.
+
+Stages start as soon as everything they need has passed (or was reused from the
+cache), in file order, up to ``max_parallel`` at once — so cheap stages placed
+first fail fast. A failed stage marks everything that needs it, directly or not,
+as "not-run"; independent stages carry on. Members of a parallel group all run to
+the end; the group fails afterwards if any member failed.
+
+The walker itself knows nothing of Prefect: it is driven by the flow, which
+submits the leaves it hands out and reports back how each ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from slipway.report import StageOutcome
+from slipway.spec import Pipeline, Stage
+from slipway.spec_loader import dependencies
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a stage should run; ``reason`` says why not."""
+
+    run: bool
+    reason: str = ""
+
+
+class StageWalker:
+    """Hands out runnable leaf stages and records their outcomes."""
+
+    def __init__(self, pipeline: Pipeline, decide: Callable[[Stage], Decision]) -> None:
+        self.pipeline = pipeline
+        self.decide = decide
+        self.deps = dependencies(pipeline)
+        self.outcomes: dict[str, StageOutcome] = {}
+        self._started: set[str] = set()
+        self._queue: list[Stage] = []  # leaves ready to start, in file order
+        self._running: set[str] = set()
+        self._group_of = {c.name: s for s in pipeline.stages for c in (s.parallel or [])}
+
+    # --- bookkeeping ----------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return all(s.name in self.outcomes for s in self.pipeline.stages)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def record(self, outcome: StageOutcome) -> None:
+        self.outcomes[outcome.name] = outcome
+        self._running.discard(outcome.name)
+        group = self._group_of.get(outcome.name)
+        if group is not None:
+            self._close_group(group)
+
+    def _close_group(self, group: Stage) -> None:
+        members = group.parallel or []
+        if group.name in self.outcomes or any(m.name not in self.outcomes for m in members):
+            return
+        outcomes = [self.outcomes[m.name] for m in members]
+        failed = [o for o in outcomes if o.status == "failed"]
+        seconds = max((o.seconds for o in outcomes), default=0.0)
+        if failed:
+            reason = "; ".join(f"{o.name}: {o.reason}" for o in failed)
+            self.outcomes[group.name] = StageOutcome(group.name, "failed", seconds, reason)
+        elif all(o.status == "skipped" for o in outcomes):
+            self.outcomes[group.name] = StageOutcome(
+                group.name, "skipped", 0.0, "every member skipped"
+            )
+        elif all(o.status in ("cached", "skipped") for o in outcomes):
+            self.outcomes[group.name] = StageOutcome(
+                group.name, "cached", seconds, "every member reused"
+            )
+        else:
+            self.outcomes[group.name] = StageOutcome(group.name, "passed", seconds)
+
+    # --- scheduling -----------------------------------------------------
+    def advance(self) -> list[StageOutcome]:
+        """Resolve stages that will not run; queue leaves that may. Returns new non-runs."""
+        settled: list[StageOutcome] = []
+        for stage in self.pipeline.stages:
+            if stage.name in self._started or stage.name in self.outcomes:
+                continue
+            deps = self.deps[stage.name]
+            if any(d not in self.outcomes for d in deps):
+                continue
+            self._started.add(stage.name)
+            broken = [d for d in deps if self.outcomes[d].status in ("failed", "not-run")]
+            if broken:
+                why = self.outcomes[broken[0]].status.replace("not-run", "did not run")
+                reason = f"needs {broken[0]!r}, which {why}"
+                settled += self._settle(stage, "not-run", reason)
+                continue
+            decision = self.decide(stage)
+            if not decision.run:
+                settled += self._settle(stage, "skipped", decision.reason)
+                continue
+            if stage.parallel is None:
+                self._queue.append(stage)
+                continue
+            for member in stage.parallel:
+                member_decision = self.decide(member)
+                if member_decision.run:
+                    self._queue.append(member)
+                else:
+                    settled += self._settle(member, "skipped", member_decision.reason)
+        return settled
+
+    def _settle(self, stage: Stage, status: str, reason: str) -> list[StageOutcome]:
+        outcomes = [StageOutcome(stage.name, status, 0.0, reason)]  # type: ignore[arg-type]
+        if stage.parallel is not None:
+            outcomes = [
+                StageOutcome(m.name, status, 0.0, reason, group=stage.name)  # type: ignore[arg-type]
+                for m in stage.parallel
+            ] + outcomes
+        for outcome in outcomes:
+            self.outcomes[outcome.name] = outcome
+        for outcome in outcomes:
+            group = self._group_of.get(outcome.name)
+            if group is not None:
+                self._close_group(group)
+        return [o for o in outcomes if o.name in self.outcomes]
+
+    def take(self, slots: int) -> list[Stage]:
+        """Up to ``slots`` queued leaves, in file order."""
+        taken, self._queue = self._queue[:slots], self._queue[slots:]
+        self._running.update(s.name for s in taken)
+        return taken
+
+    def group_of(self, name: str) -> str | None:
+        group = self._group_of.get(name)
+        return group.name if group else None
+
+    def ordered(self) -> list[StageOutcome]:
+        """Outcomes in file order, members right after their group."""
+        result = []
+        for stage in self.pipeline.stages:
+            if stage.name in self.outcomes:
+                result.append(self.outcomes[stage.name])
+            for member in stage.parallel or []:
+                if member.name in self.outcomes:
+                    o = self.outcomes[member.name]
+                    result.append(
+                        o if o.group else StageOutcome(**{**o.__dict__, "group": stage.name})
+                    )
+        return result

@@ -1,0 +1,94 @@
+"""The one error tree of slipway.
+
+Every error a pipeline raises on purpose is a :class:`SlipwayError`. The tree says
+whether trying again can help, so retry policies and people can decide quickly::
+
+    SlipwayError
+    ├── ConfigError (ValueError)          bad input: fix the file or the parameter
+    │   ├── SpecError                     pipeline file invalid (lists every problem)
+    │   └── UnsafeInputError              a ref, path or name that could escape or inject
+    ├── PermanentError                    retrying the same thing gives the same answer
+    │   ├── CheckoutError                 ref missing, authentication refused
+    │   ├── StageFailed                   a command exited non-zero
+    │   ├── StageTimeout                  a command ran past its timeout
+    │   └── ReportError                   a JUnit report is unreadable or unsafe
+    └── TemporaryError                    a retry may succeed (network, busy server)
+        └── RemoteUnavailable             a server could not be reached
+
+Third-party errors (git, HTTP, docker) are translated once, where they are raised,
+with ``raise ... from exc`` and a short message that never holds a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SlipwayError(Exception):
+    """Root of every error slipway raises on purpose."""
+
+
+class ConfigError(SlipwayError, ValueError):
+    """The input is wrong; nothing was run or changed."""
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem in a pipeline file: where (key path and line) and what."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self, file: str) -> str:
+        where = f"{file}:{self.line}" if self.line else file
+        location = f" {self.path}:" if self.path else ""
+        return f"{where}:{location} {self.message}"
+
+
+class SpecError(ConfigError):
+    """A pipeline file failed validation; ``problems`` lists each one."""
+
+    def __init__(self, file: str, problems: list[SpecProblem]) -> None:
+        self.file = file
+        self.problems = problems
+        lines = "\n".join(f"  {p.render(file)}" for p in problems)
+        count = len(problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"invalid pipeline file {file} ({count} {noun}):\n{lines}")
+
+
+class UnsafeInputError(ConfigError):
+    """A user-controlled value (ref, path, name) was refused before use."""
+
+
+class PermanentError(SlipwayError):
+    """Retrying the same operation cannot succeed."""
+
+
+class CheckoutError(PermanentError):
+    """The repository or the ref could not be checked out."""
+
+
+class StageFailed(PermanentError):
+    """A stage's command exited with a non-zero status."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(f"stage {stage!r} failed: {message}")
+
+
+class StageTimeout(StageFailed):
+    """A stage's command was killed at its timeout."""
+
+
+class ReportError(PermanentError):
+    """A test report could not be read safely."""
+
+
+class TemporaryError(SlipwayError):
+    """A retry may succeed."""
+
+
+class RemoteUnavailable(TemporaryError):
+    """A remote server (git, registry, API) could not be reached."""

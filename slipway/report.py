@@ -1,0 +1,89 @@
+"""What a pipeline run reports: per-stage outcomes and the run as a whole.
+
+A skipped stage is never shown as passed: the statuses keep "skipped" (a ``when``
+condition or an override said so), "not-run" (something it needs failed) and
+"cached" (an earlier run's result was reused) apart from "passed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from slipway.tasks.artifacts import ArchivedFile
+from slipway.tasks.junit_reports import SuiteReport
+
+StageStatus = Literal["passed", "failed", "skipped", "cached", "not-run"]
+ICONS: dict[str, str] = {
+    "passed": "✅ passed",
+    "failed": "❌ failed",
+    "skipped": "⏭️ skipped",
+    "cached": "♻️ cached",
+    "not-run": "⛔ not run",
+}
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    name: str
+    status: StageStatus
+    seconds: float = 0.0
+    reason: str = ""
+    group: str | None = None
+    artifacts: tuple[ArchivedFile, ...] = ()
+    tests: SuiteReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("passed", "cached", "skipped")
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    app: str
+    sha: str
+    branch: str | None
+    status: Literal["success", "failure"]
+    stages: tuple[StageOutcome, ...] = field(default_factory=tuple)
+    failed_stage: str | None = None
+    reason: str | None = None
+    run_url: str | None = None
+    seconds: float = 0.0
+
+    def stage(self, name: str) -> StageOutcome:
+        for outcome in self.stages:
+            if outcome.name == name:
+                return outcome
+        raise KeyError(name)
+
+    @property
+    def test_reports(self) -> list[SuiteReport]:
+        return [s.tests for s in self.stages if s.tests is not None]
+
+    @property
+    def artifacts(self) -> list[tuple[str, ArchivedFile]]:
+        return [(s.name, a) for s in self.stages for a in s.artifacts]
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def summary_markdown(report: PipelineReport) -> str:
+    verdict = "succeeded" if report.status == "success" else "failed"
+    lines = [
+        f"# {report.app} @ `{report.sha[:12]}` {verdict}",
+        "",
+        f"Branch `{report.branch or '-'}`, {report.seconds:.1f} s.",
+    ]
+    if report.failed_stage:
+        lines += [
+            "",
+            f"**Failed stage `{report.failed_stage}`**: {_cell(report.reason or '', 500)}",
+        ]
+    lines += ["", "| stage | status | seconds | note |", "|---|---|---:|---|"]
+    for s in report.stages:
+        name = f"↳ {s.name}" if s.group else s.name
+        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds:.2f} | {_cell(s.reason)} |")
+    return "\n".join(lines)

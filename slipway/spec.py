@@ -1,0 +1,200 @@
+"""The pipeline file an application repository carries (its Jenkinsfile).
+
+The models are strict (unknown keys are errors) because a typo such as
+``timout: 60`` silently ignored is worse than a failed run. Semantic checks that
+span several stages (unique names, ``needs`` references, cycles) live in
+:mod:`slipway.spec_loader`, which also maps every problem back to a key path and a
+line of the file.
+
+Stage commands are shell text written by the repository's owners, exactly like a
+Jenkins ``sh`` step. Values that other people control (branch names, commit
+messages, tags) never get interpolated into them: they reach commands only as
+environment variables (``SLIPWAY_BRANCH``, ``SLIPWAY_COMMIT``...).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _as_list(value: Any) -> Any:
+    """Accept a single string where a list of strings is expected."""
+    return [value] if isinstance(value, str) else value
+
+
+def _check_relative_path(value: str) -> str:
+    """Refuse paths that could leave the workspace, before anything runs."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(f"path {value!r} must be relative to the workspace")
+    if ".." in posixpath.normpath(value).split("/"):
+        raise ValueError(f"path {value!r} leaves the workspace")
+    return value
+
+
+def _relative_paths(value: Any) -> Any:
+    value = _as_list(value)
+    if isinstance(value, list):
+        for item in value:
+            _check_relative_path(item)
+    return value
+
+
+StrList = Annotated[list[str], BeforeValidator(_as_list)]
+RelPath = Annotated[str, BeforeValidator(_check_relative_path)]
+RelGlobs = Annotated[list[str], BeforeValidator(_relative_paths)]
+EnvMap = dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], str]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class When(StrictModel):
+    """Condition evaluated before a stage runs; every key given must hold.
+
+    ``branch`` and ``changeset`` are globs (``*`` stays inside a path segment,
+    ``**`` crosses them); ``env`` compares environment variables for equality.
+    """
+
+    branch: StrList | None = Field(
+        default=None, description="Branch globs; the stage runs when any matches."
+    )
+    env: EnvMap | None = Field(
+        default=None, description="Variables that must equal these values (pipeline env)."
+    )
+    changeset: RelGlobs | None = Field(
+        default=None,
+        description="Globs over files changed since the base commit; any match is enough.",
+    )
+    all_of: list[When] | None = Field(default=None, alias="allOf")
+    any_of: list[When] | None = Field(default=None, alias="anyOf")
+    not_: When | None = Field(default=None, alias="not")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> When:
+        if not self.model_fields_set:
+            raise ValueError("empty condition: give branch, env, changeset, allOf, anyOf or not")
+        return self
+
+
+def _retries_from_int(value: Any) -> Any:
+    return {"attempts": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class RetryPolicy(StrictModel):
+    """Prefect task retries: ``attempts`` more tries, waiting delay * backoff**n."""
+
+    attempts: int = Field(default=0, ge=0, le=10, description="Retries after the first try.")
+    delay: float = Field(default=1.0, ge=0, le=3600, description="Seconds before the first retry.")
+    backoff: float = Field(
+        default=2.0, ge=1, le=10, description="Each further delay is multiplied by this factor."
+    )
+
+    def delays(self) -> list[float]:
+        return [round(self.delay * self.backoff**n, 3) for n in range(self.attempts)]
+
+
+Retries = Annotated[RetryPolicy, BeforeValidator(_retries_from_int)]
+
+
+class Stage(StrictModel):
+    """A step of the pipeline: commands to run, or a group of parallel stages."""
+
+    name: Name = Field(description="Unique stage name, shown in the Prefect UI.")
+    run: StrList | None = Field(
+        default=None, description="Shell commands, run in order with `bash -e`; owner-written."
+    )
+    parallel: list[Stage] | None = Field(
+        default=None,
+        description="Stages run at the same time; the group fails after all have finished.",
+    )
+    dir: RelPath = Field(default=".", description="Working directory inside the workspace.")
+    env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
+    timeout: float | None = Field(
+        default=None, gt=0, le=86400, description="Seconds before the stage is killed."
+    )
+    retries: Retries | None = Field(default=None, description="Retry policy (or a count).")
+    needs: StrList | None = Field(
+        default=None,
+        description="Stages this one waits for; default: the stage before it. [] = none.",
+    )
+    when: When | None = Field(default=None, description="Run only when this holds.")
+    artifacts: RelGlobs = Field(
+        default_factory=list, description="Globs of files to archive with a sha256 fingerprint."
+    )
+    junit: RelGlobs = Field(default_factory=list, description="Globs of JUnit XML reports.")
+    cache: bool = Field(
+        default=True, description="Reuse the result for the same commit, spec and inputs."
+    )
+
+    @model_validator(mode="after")
+    def _run_or_parallel(self) -> Stage:
+        if (self.run is None) == (self.parallel is None):
+            raise ValueError("a stage needs exactly one of 'run' or 'parallel'")
+        if self.parallel is not None:
+            if not self.parallel:
+                raise ValueError("'parallel' needs at least one stage")
+            for child in self.parallel:
+                if child.parallel is not None:
+                    raise ValueError(f"stage {child.name!r}: parallel groups do not nest")
+                if child.needs is not None:
+                    raise ValueError(
+                        f"stage {child.name!r}: stages inside 'parallel' cannot have 'needs'"
+                    )
+        return self
+
+    @property
+    def is_group(self) -> bool:
+        return self.parallel is not None
+
+
+class Defaults(StrictModel):
+    timeout: float = Field(default=3600, gt=0, le=86400, description="Seconds; default 1 h.")
+    retries: Retries = Field(default_factory=RetryPolicy)
+
+
+class Pipeline(StrictModel):
+    """A whole pipeline file (``slipway.yaml`` at the repository root)."""
+
+    version: Literal[1] = Field(default=1, description="Pipeline file format version.")
+    app: Name = Field(description="Application name, used in runs, caches and messages.")
+    env: EnvMap = Field(default_factory=dict, description="Environment for every stage.")
+    defaults: Defaults = Field(default_factory=Defaults)
+    max_parallel: int = Field(default=8, ge=1, le=64, description="Stages running at once.")
+    stages: list[Stage] = Field(min_length=1)
+
+    def all_stages(self) -> list[Stage]:
+        """Top-level stages and the members of parallel groups, in file order."""
+        found: list[Stage] = []
+        for stage in self.stages:
+            found.append(stage)
+            found.extend(stage.parallel or [])
+        return found
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.all_stages():
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+
+class PipelineOverrides(BaseModel):
+    """What a deployment or `prefect deployment run` may change without editing the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    only: list[str] | None = Field(
+        default=None, description="Run only these stages (others show as skipped)."
+    )
+    skip: list[str] = Field(default_factory=list, description="Stages to skip.")
+    env: EnvMap = Field(default_factory=dict, description="Variables added to the pipeline env.")
