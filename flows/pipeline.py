@@ -7,6 +7,7 @@ module decides order, parallelism, skips, caching and what the run reports.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import re
 import shutil
 import time
@@ -47,6 +48,21 @@ from slipway.tasks.stages import (
 from slipway.workspace import inside, new_workspace
 
 _URLISH = re.compile(r"[/:]")
+
+
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drop Prefect's notice that thread timeouts cannot interrupt blocking calls.
+
+    It is true in general and wrong here: the command runner enforces the stage
+    timeout itself and kills the whole process group, and its polling loop lets
+    Prefect's own timeout (the backstop) land as well.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "running in a worker thread" not in record.getMessage()
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
 @task(name="skip", tags=["slipway"])

@@ -9,6 +9,7 @@ the values of the secrets the run has touched.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -27,20 +28,26 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        self._lock = threading.Lock()  # stages and notifications redact from other threads
         self.add(*secrets)
 
     def add(self, *secrets: str | None) -> None:
         for value in secrets:
             if value and len(value) >= 4:
-                self._secrets.add(value)
-                # the same secret percent-encoded, as it appears inside a URL
-                self._secrets.add(quote(value, safe=""))
+                with self._lock:
+                    self._secrets.add(value)
+                    # the same secret percent-encoded, as it appears inside a URL
+                    self._secrets.add(quote(value, safe=""))
 
     def redact(self, text: str) -> str:
-        for value in sorted(self._secrets, key=len, reverse=True):
+        with self._lock:
+            values = sorted(self._secrets, key=len, reverse=True)
+        for value in values:
             text = text.replace(value, MASK)
         return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
 
     def __contains__(self, text: str) -> bool:
         """True when ``text`` still holds a known secret (used by tests and guards)."""
-        return any(value in text for value in self._secrets)
+        with self._lock:
+            values = list(self._secrets)
+        return any(value in text for value in values)

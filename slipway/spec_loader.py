@@ -212,7 +212,9 @@ def parse_pipeline(text: str, file: str = DEFAULT_SPEC_FILE) -> Pipeline:
     except YAMLError as exc:
         raise SpecError(file, [SpecProblem("", f"not valid YAML: {exc}")]) from exc
     if not isinstance(tree, Mapping):
-        got = "an empty file" if tree is None else type(tree).__name__
+        got = "an empty file" if tree is None else f"the value {str(tree)[:40]!r}"
+        if isinstance(tree, list):
+            got = "a list"  # not ruamel's class name, "CommentedSeq"
         raise SpecError(file, [SpecProblem("", f"the top level must be a mapping, got {got}")])
     lines = _line_map(tree)
     try:

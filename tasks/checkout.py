@@ -35,6 +35,8 @@ _UNREACHABLE = (
     "connection refused",
     "timed out",
     "network is unreachable",
+    "failed to connect",  # curl >= 7.83: "Failed to connect ...: Couldn't connect to server"
+    "couldn't connect to server",
     "the remote end hung up unexpectedly",
     "http 502",
     "http 503",
@@ -47,6 +49,9 @@ _AUTH = (
     "http 403",
     "returned error: 401",
     "returned error: 403",
+    # a 401 despite the header makes git ask for credentials, which it may not do here
+    "could not read username",
+    "could not read password",
 )
 
 
@@ -93,8 +98,17 @@ class _Git:
             raise self.translate(exc) from None
 
     def translate(self, exc: git.GitCommandError) -> Exception:
-        stderr = self.redactor.redact(str(exc.stderr or "")).strip()
-        detail = stderr.splitlines()[-1] if stderr else f"exit {exc.status}"
+        stderr = str(exc.stderr or "").strip()
+        # GitPython hands stderr over pre-formatted as "stderr: '<text>'"; unwrap it
+        if stderr.startswith("stderr: '") and stderr.endswith("'"):
+            stderr = stderr[len("stderr: '") : -1].strip()
+        stderr = self.redactor.redact(stderr)
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        # git's first "fatal:" (else "error:") line says what went wrong; the rest is advice
+        detail = next(
+            (line for p in ("fatal:", "error:") for line in lines if line.lower().startswith(p)),
+            lines[-1] if lines else f"exit {exc.status}",
+        )
         lowered = stderr.lower()
         verb = exc.command[1] if isinstance(exc.command, list) and len(exc.command) > 1 else "git"
         if any(s in lowered for s in _AUTH):

@@ -73,6 +73,7 @@ class StageFailedWithReport(StageFailed):
 
 
 def find_reports(stage: Stage, workspace: Path) -> list[Path]:
+    """Report files matching the stage's globs."""
     found: list[Path] = []
     for pattern in stage.junit:
         for match in sorted(glob.glob(pattern, root_dir=workspace, flags=glob.GLOBSTAR)):
@@ -82,12 +83,26 @@ def find_reports(stage: Stage, workspace: Path) -> list[Path]:
     return found
 
 
-def _read_reports(stage: Stage, workspace: Path) -> SuiteReport | None:
+Snapshot = dict[Path, tuple[int, int]]
+
+
+def _snapshot(stage: Stage, workspace: Path) -> Snapshot:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in find_reports(stage, workspace)}
+
+
+def _read_reports(stage: Stage, workspace: Path, before: Snapshot) -> SuiteReport | None:
+    """The reports this attempt wrote; one left over from an earlier try does not count."""
     if not stage.junit:
         return None
-    files = find_reports(stage, workspace)
+    files = [
+        p
+        for p in find_reports(stage, workspace)
+        if before.get(p) != (p.stat().st_mtime_ns, p.stat().st_size)
+    ]
     if not files:
-        raise StageFailed(stage.name, f"no JUnit report matched {', '.join(stage.junit)}")
+        raise StageFailed(
+            stage.name, f"no JUnit report matching {', '.join(stage.junit)} was written by this run"
+        )
     return collect_suite(stage.name, workspace, files)
 
 
@@ -99,9 +114,7 @@ def execute_stage(
     log = log or (lambda _line: None)
     cwd = inside(ctx.workspace, stage.dir)
     env = {**ctx.env, **stage.env}
-    # stale reports from an earlier attempt must not pass for this attempt's
-    for old in find_reports(stage, ctx.workspace):
-        old.unlink()
+    before = _snapshot(stage, ctx.workspace)
     try:
         outcome = run_commands(
             stage.run,
@@ -114,7 +127,7 @@ def execute_stage(
         )
     except StageFailed as failure:
         try:
-            report = _read_reports(stage, ctx.workspace)
+            report = _read_reports(stage, ctx.workspace, before)
         except (StageFailed, ReportError):
             report = None
         detail = str(failure).split(": ", 1)[-1]
@@ -123,7 +136,7 @@ def execute_stage(
             more = f" and {len(report.problems) - 10} more" if len(report.problems) > 10 else ""
             detail = f"{len(report.problems)} test(s) failed: {names}{more}"
         raise StageFailedWithReport(stage.name, detail, report) from None
-    report = _read_reports(stage, ctx.workspace)
+    report = _read_reports(stage, ctx.workspace, before)
     if report and report.problems:
         names = ", ".join(c.id for c in report.problems[:10])
         raise StageFailedWithReport(

@@ -17,7 +17,9 @@ product code runs the real slack-sdk clients over real HTTP against it:
 Failure modes for the unhappy paths: ``mode = "error_500"`` answers every request
 with HTTP 500 (Slack's ``rollup_error`` for webhooks, a gateway's HTML page for the
 Web API), ``mode = "hang"`` reads and records the request, then holds the connection
-for ``hang_seconds`` without answering (closing the receiver releases it at once).
+for ``hang_seconds`` without answering (closing the receiver releases it at once),
+``mode = "trickle"`` starts an answer and then sends one byte of headers every
+0.2 s, which no per-read socket timeout ever trips.
 "Slack is down" is simply a closed port: see :func:`unused_port`.
 
 Every request is recorded in :attr:`SlackReceiver.received` before it is answered.
@@ -37,7 +39,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-Mode = Literal["normal", "error_500", "hang"]
+Mode = Literal["normal", "error_500", "hang", "trickle"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,11 @@ class SlackReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True  # a hung request never blocks shutdown
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="slack-receiver", daemon=True
+            # a short poll keeps shutdown (once per test) from costing 0.5 s each time
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="slack-receiver",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -145,15 +151,6 @@ class SlackReceiver:
         with self._lock:
             self.received.append(request)
 
-    def everything_received(self) -> str:
-        """All paths, headers and bodies as one text, for "this never left" checks."""
-        with self._lock:
-            requests = list(self.received)
-        return "\n".join(
-            f"{r.method} {r.path}\n{json.dumps(r.headers)}\n{r.raw.decode('utf-8', 'replace')}"
-            for r in requests
-        )
-
     def next_ts(self) -> str:
         """A message timestamp in Slack's ``<unix seconds>.<6 digits>`` form, unique."""
         return f"{int(time.time())}.{next(self._ts):06d}"
@@ -180,6 +177,9 @@ class _Handler(BaseHTTPRequestHandler):
             receiver._closing.wait(receiver.hang_seconds)
             if receiver._closing.is_set():
                 return  # connection dropped without an answer
+        elif receiver.mode == "trickle":
+            self._trickle()
+            return
         path = self.path.split("?", 1)[0]
         if path.startswith("/services/"):
             self._webhook(path, body)
@@ -244,6 +244,18 @@ class _Handler(BaseHTTPRequestHandler):
             if channel.lstrip("#") == name.lstrip("#"):
                 return channel_id
         return None
+
+    def _trickle(self) -> None:
+        deadline = time.monotonic() + self.receiver.hang_seconds
+        data = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"." * 10_000
+        try:
+            for byte in data:
+                if self.receiver._closing.wait(0.2) or time.monotonic() > deadline:
+                    break
+                self.wfile.write(bytes([byte]))
+        except OSError:
+            pass  # the client gave up and closed the connection
+        self.close_connection = True
 
     # --- plumbing --------------------------------------------------------------------
 

@@ -1,0 +1,141 @@
+"""``slipway``: validate pipeline files and run pipelines from a terminal.
+
+slipway validate [FILE ...]        check pipeline files, print every problem
+slipway run REPOSITORY [options]   run the pipeline flow, print where to watch it
+slipway example [options]          run the pipeline on the bundled example app
+slipway server                     make sure a local Prefect server is running
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from slipway.exceptions import SlipwayError, SpecError
+from slipway.spec_loader import DEFAULT_SPEC_FILE, load_pipeline
+
+
+def _validate(args: argparse.Namespace) -> int:
+    status = 0
+    for name in args.files or [DEFAULT_SPEC_FILE]:
+        try:
+            pipeline = load_pipeline(Path(name), display_name=name)
+        except SpecError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        count = len(pipeline.all_stages())
+        print(f"{name}: valid ({pipeline.app}, {count} stages)")
+    return status
+
+
+def _env_pairs(values: list[str]) -> dict[str, str]:
+    env = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env expects NAME=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from slipway.local_server import ensure_server
+
+    api_url = ensure_server()
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        from slipway.flows.pipeline import pipeline
+        from slipway.report import ICONS
+
+        state = pipeline(
+            repository=repository,
+            branch=args.branch,
+            commit=args.commit,
+            base=args.base,
+            stages=args.stage or None,
+            skip_stages=args.skip or None,
+            env=_env_pairs(args.env or []),
+            notifier=args.notifier,
+            refresh_cache=args.refresh_cache,
+            return_state=True,
+        )
+        report = state.result(raise_on_failure=False)
+    print()
+    if hasattr(report, "stages"):
+        for stage in report.stages:
+            indent = "    " if stage.group else "  "
+            note = f"  {stage.reason}" if stage.reason else ""
+            print(
+                f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{note}"
+            )
+        print(f"\n{report.app} @ {report.sha[:12]}: {report.status} in {report.seconds:.1f} s")
+        if report.run_url:
+            print(f"watch it in the Prefect UI: {report.run_url}")
+    else:
+        print(f"pipeline ended in state {state.name}: {state.message}")
+    return 0 if state.is_completed() else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _run_pipeline(args.repository, args)
+
+
+def _example(args: argparse.Namespace) -> int:
+    from slipway.example import publish_example
+
+    url = publish_example()
+    print(f"published examples/example-app to {url}")
+    return _run_pipeline(url, args)
+
+
+def _server(_args: argparse.Namespace) -> int:
+    from slipway.local_server import ensure_server
+
+    url = ensure_server()
+    print(f"Prefect API: {url}\nPrefect UI:  {url.removesuffix('/api')}")
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--branch", help="branch to build (default: the repository's)")
+    parser.add_argument("--commit", help="tag or full SHA to build")
+    parser.add_argument("--base", help="base commit for changesets")
+    parser.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    parser.add_argument("--skip", action="append", help="skip this stage (repeatable)")
+    parser.add_argument("--env", action="append", metavar="NAME=VALUE", help="pipeline env")
+    parser.add_argument("--notifier", help="SlackNotifier block name")
+    parser.add_argument("--refresh-cache", action="store_true", help="rerun every stage")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slipway", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="check pipeline files without running anything")
+    validate.add_argument("files", nargs="*", help=f"pipeline files (default: {DEFAULT_SPEC_FILE})")
+    validate.set_defaults(handler=_validate)
+    run = sub.add_parser("run", help="run the pipeline of a repository")
+    run.add_argument("repository", help="AppRepository block name, clone URL or local path")
+    _add_run_options(run)
+    run.set_defaults(handler=_run)
+    example = sub.add_parser("example", help="run the pipeline on the bundled example app")
+    _add_run_options(example)
+    example.set_defaults(handler=_example)
+    server = sub.add_parser("server", help="start (or find) the local Prefect server")
+    server.set_defaults(handler=_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SlipwayError as exc:
+        print(f"slipway: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
