@@ -235,16 +235,25 @@ def _publish_artifacts(report: PipelineReport) -> None:
         )
 
 
-def _notify(notifier_name: str | None, report: PipelineReport, redactor: Redactor) -> None:
-    if not notifier_name:
-        return
-    logger = get_run_logger()
+def _load_notifier(name: str | None, redactor: Redactor) -> SlackNotifier | None:
+    """Load the notifier up front so its secrets are masked in every stage's output."""
+    if not name:
+        return None
     try:
-        notifier = SlackNotifier.load(notifier_name)
+        notifier = SlackNotifier.load(name)
     except Exception as exc:  # a notifier that cannot load must not fail the pipeline
-        logger.warning(
-            "notifier %r could not be loaded: %s", notifier_name, redactor.redact(str(exc))
+        get_run_logger().warning(
+            "notifier %r could not be loaded, no message will be sent: %s",
+            name,
+            redactor.redact(str(exc)),
         )
+        return None
+    redactor.add(*notifier.secret_values())
+    return notifier
+
+
+def _notify(notifier: SlackNotifier | None, report: PipelineReport, redactor: Redactor) -> None:
+    if notifier is None:
         return
     outcome = PipelineOutcome(
         app=report.app,
@@ -301,6 +310,7 @@ def pipeline(
     redactor = Redactor()
     repo = resolve_repository(repository)
     redactor.add(*repo.secret_values())
+    slack = _load_notifier(notifier, redactor)
     branch_name = branch or repo.default_branch
     workspace = new_workspace("runs", run_id)
     app = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
@@ -374,7 +384,7 @@ def pipeline(
             seconds=round(time.monotonic() - started, 3),
         )
     _publish_artifacts(report)
-    _notify(notifier, report, redactor)
+    _notify(slack, report, redactor)
     if report.status == "failure":
         logger.error("pipeline failed at stage %s: %s", report.failed_stage, report.reason)
         return Failed(  # type: ignore[return-value]

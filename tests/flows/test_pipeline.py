@@ -242,7 +242,9 @@ def test_shell_metacharacters_in_branch_and_message_never_reach_a_shell(git_remo
                 app: demo
                 stages:
                   - name: show
-                    run: printf '%s' "$SLIPWAY_BRANCH" > branch.txt && git log -1 --format=%s > msg.txt
+                    run:
+                      - printf '%s' "$SLIPWAY_BRANCH" > branch.txt
+                      - git log -1 --format=%s > msg.txt
                     artifacts: [branch.txt, msg.txt]
                 """
             )
@@ -252,8 +254,10 @@ def test_shell_metacharacters_in_branch_and_message_never_reach_a_shell(git_remo
     )
     state, report = run(url, branch=branch)
     assert state.is_completed(), state.message
-    [(_stage, shown), *_rest] = [a for a in report.artifacts if a[1].path == "branch.txt"] + [None]
-    assert shown.size == len(branch.encode())
+    shown = {a.path: a for _stage, a in report.artifacts}
+    assert shown["branch.txt"].size == len(branch.encode())
+    message = "fix: $(touch pwned-msg); `touch pwned-msg2`\n"
+    assert shown["msg.txt"].size == len(message.encode())
     assert not list(tmp_path.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
 
 
@@ -374,3 +378,55 @@ def test_archived_file_matches_the_workspace_file(git_remote, slipway_home):
     assert sha256_file(workspace_file) == archived.sha256
     stored = slipway_home / "artifacts" / "sha256" / archived.sha256
     assert stored.read_bytes() == workspace_file.read_bytes()
+
+
+def test_pipeline_notifies_slack_on_failure_and_success_without_secrets(git_remote, tmp_path):
+    from prefect_slack import SlackWebhook
+
+    from slipway.blocks.notifications import SlackNotifier
+    from tests.servers.slack_receiver import SlackReceiver
+
+    secret = "zz9PluralZAlpha42secret"
+    marker = tmp_path / "fixed"
+    _bare, url = git_remote(
+        {
+            "slipway.yaml": spec(
+                """
+                app: notified
+                stages:
+                  - name: build
+                    run: echo build
+                  - name: check
+                    run: echo "token is $TOKEN" && test -f "$MARKER"
+                """
+            )
+        }
+    )
+    with SlackReceiver(webhook_path=f"/services/T1/B1/{secret}") as slack:
+        SlackNotifier(webhook=SlackWebhook(url=slack.webhook_url)).save(
+            "team-slack", overwrite=True
+        )
+        env = {"MARKER": str(marker), "TOKEN": secret}
+        failed_state, failed = run(url, notifier="team-slack", env=env)
+        marker.touch()
+        ok_state, ok = run(url, notifier="team-slack", env=env)
+        # and Slack being down never fails the pipeline
+        SlackNotifier(webhook=SlackWebhook(url=slack.webhook_url + "-gone")).save(
+            "broken-slack", overwrite=True
+        )
+        still_state, _still = run(url, notifier="broken-slack", env=env)
+
+    assert failed_state.is_failed() and ok_state.is_completed() and still_state.is_completed()
+    bodies = [r.raw.decode() for r in slack.received]
+    assert len(bodies) == 3
+    failure_body, success_body = bodies[0], bodies[1]
+    assert "notified" in failure_body and "check" in failure_body
+    assert failed.sha[:7] in failure_body and "main" in failure_body
+    assert str(failed_state.state_details.flow_run_id) in failure_body  # link to the run
+    assert str(ok_state.state_details.flow_run_id) in success_body
+    assert all(secret not in body for body in bodies)
+    assert secret not in logs(failed_state.state_details.flow_run_id)
+    assert "could not be delivered" in logs(still_state.state_details.flow_run_id) or (
+        "not delivered" in logs(still_state.state_details.flow_run_id).lower()
+    )
+    assert ok.status == "success"
