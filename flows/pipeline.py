@@ -6,6 +6,7 @@ module decides order, parallelism, skips, caching and what the run reports.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
@@ -50,6 +51,12 @@ from slipway.workspace import inside, new_workspace
 _URLISH = re.compile(r"[/:]")
 
 
+async def _settled(future: PrefectFuture[Any]) -> State:
+    """The final state of a submitted task, waited for off the event loop."""
+    await asyncio.to_thread(future.wait)
+    return future.state
+
+
 class _ThreadTimeoutNotice(logging.Filter):
     """Drop Prefect's notice that thread timeouts cannot interrupt blocking calls.
 
@@ -78,11 +85,11 @@ def load_spec(workspace: Path, spec_path: str, overrides: PipelineOverrides) -> 
     return pipeline
 
 
-def resolve_repository(repository: str) -> AppRepository:
+async def resolve_repository(repository: str) -> AppRepository:
     """A clone URL or local path as-is; anything else names an AppRepository block."""
     if _URLISH.search(repository):
         return AppRepository(url=repository)
-    return AppRepository.load(repository)
+    return await AppRepository.aload(repository)
 
 
 def _artifact_key(app: str, what: str) -> str:
@@ -108,7 +115,7 @@ def _decider(pipeline: Pipeline, overrides: PipelineOverrides, ctx: ConditionCon
     return decide
 
 
-def _run_stages(
+async def _run_stages(
     pipeline: Pipeline,
     walker: StageWalker,
     checkout_result: CheckoutResult,
@@ -130,9 +137,11 @@ def _run_stages(
     while not walker.done:
         for outcome in walker.advance():
             logger.info("stage %s: %s (%s)", outcome.name, outcome.status, outcome.reason)
-            skip_stage.with_options(task_run_name=outcome.name).submit(
-                outcome.reason, outcome.status
-            ).wait()
+            await _settled(
+                skip_stage.with_options(task_run_name=outcome.name).submit(
+                    outcome.reason, outcome.status
+                )
+            )
         slots = pipeline.max_parallel - walker.running
         for stage in walker.take(max(slots, 0)):
             key = cache_key(
@@ -155,17 +164,16 @@ def _run_stages(
             if walker.done:
                 break
             continue
-        finished, _ = concurrent.futures.wait(
-            list(running), return_when=concurrent.futures.FIRST_COMPLETED
+        finished, _ = await asyncio.to_thread(
+            concurrent.futures.wait, list(running), return_when=concurrent.futures.FIRST_COMPLETED
         )
         for raw in finished:
             stage, future, started = running.pop(raw)
-            future.wait()
-            state = future.state
+            state = await _settled(future)
             group = walker.group_of(stage.name)
             elapsed = round(time.monotonic() - started, 3)
             if state.is_completed():
-                result: StageResult = state.result()
+                result: StageResult = await state.aresult()
                 cached = state.name == "Cached"
                 if cached:
                     restored = restore_artifacts(result.artifacts, checkout_result.workspace)
@@ -190,7 +198,7 @@ def _run_stages(
                     )
                 )
             else:
-                error = state.result(raise_on_failure=False)
+                error = await state.aresult(raise_on_failure=False)
                 report = error.report if isinstance(error, StageFailedWithReport) else None
                 reason = (
                     error.detail
@@ -205,27 +213,27 @@ def _run_stages(
                 )
 
 
-def _publish_artifacts(report: PipelineReport) -> None:
-    create_markdown_artifact(
+async def _publish_artifacts(report: PipelineReport) -> None:
+    await acreate_markdown_artifact(
         key=_artifact_key(report.app, "pipeline-summary"),
         markdown=summary_markdown(report),
         description=f"{report.app} pipeline at {report.sha[:12]}: {report.status}",
     )
     suites = report.test_reports
     if suites:
-        create_markdown_artifact(
+        await acreate_markdown_artifact(
             key=_artifact_key(report.app, "tests"),
             markdown=tests_markdown(suites),
             description="Test suites: passed / failed / skipped / errors, failures, slowest",
         )
-        create_table_artifact(
+        await acreate_table_artifact(
             key=_artifact_key(report.app, "test-totals"),
             table=summary_rows(suites),
             description="Per-suite and total test counts",
         )
     files = report.artifacts
     if files:
-        create_table_artifact(
+        await acreate_table_artifact(
             key=_artifact_key(report.app, "build-artifacts"),
             table=[
                 {"stage": stage, "path": a.path, "size": a.size, "sha256": a.sha256}
@@ -235,12 +243,12 @@ def _publish_artifacts(report: PipelineReport) -> None:
         )
 
 
-def _load_notifier(name: str | None, redactor: Redactor) -> SlackNotifier | None:
+async def _load_notifier(name: str | None, redactor: Redactor) -> SlackNotifier | None:
     """Load the notifier up front so its secrets are masked in every stage's output."""
     if not name:
         return None
     try:
-        notifier = SlackNotifier.load(name)
+        notifier = await SlackNotifier.aload(name)
     except Exception as exc:  # a notifier that cannot load must not fail the pipeline
         get_run_logger().warning(
             "notifier %r could not be loaded, no message will be sent: %s",
@@ -252,7 +260,9 @@ def _load_notifier(name: str | None, redactor: Redactor) -> SlackNotifier | None
     return notifier
 
 
-def _notify(notifier: SlackNotifier | None, report: PipelineReport, redactor: Redactor) -> None:
+async def _notify(
+    notifier: SlackNotifier | None, report: PipelineReport, redactor: Redactor
+) -> None:
     if notifier is None:
         return
     outcome = PipelineOutcome(
@@ -266,7 +276,7 @@ def _notify(notifier: SlackNotifier | None, report: PipelineReport, redactor: Re
         duration_seconds=report.seconds,
         stages=tuple((s.name, s.status) for s in report.stages),
     )
-    notify_slack(notifier, outcome, redactor)
+    await _settled(notify_slack.submit(notifier, outcome, redactor))
 
 
 @flow(
@@ -275,7 +285,7 @@ def _notify(notifier: SlackNotifier | None, report: PipelineReport, redactor: Re
     persist_result=True,
     description="Checkout, then the stages of the repository's slipway.yaml.",
 )
-def pipeline(
+async def pipeline(
     repository: Annotated[
         str, Field(description="AppRepository block name, or a clone URL / local path.")
     ],
@@ -301,6 +311,13 @@ def pipeline(
         bool, Field(description="Keep the workspace after a successful run.")
     ] = False,
 ) -> PipelineReport:
+    """Run the repository's pipeline file.
+
+    An async flow on purpose: Prefect joins a sync flow's heartbeat thread when the
+    run ends, which costs up to a second per run; the async engine does not wait
+    for it, and heartbeats (crash detection) are still sent. Blocking work runs in
+    task threads; the flow only waits for it.
+    """
     logger = get_run_logger()
     started = time.monotonic()
     flow_run = get_run_context().flow_run  # type: ignore[union-attr]
@@ -308,18 +325,21 @@ def pipeline(
     run_id = str(flow_run.id) if flow_run else "local"
     overrides = PipelineOverrides(only=stages, skip=skip_stages or [], env=env or {})
     redactor = Redactor()
-    repo = resolve_repository(repository)
+    repo = await resolve_repository(repository)
     redactor.add(*repo.secret_values())
-    slack = _load_notifier(notifier, redactor)
+    slack = await _load_notifier(notifier, redactor)
     branch_name = branch or repo.default_branch
     workspace = new_workspace("runs", run_id)
     app = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     sha = commit or "unknown"
     step = "checkout"
     try:
-        result: CheckoutResult = checkout(
-            repo, workspace, ref=commit or branch_name, base=base, redactor=redactor
+        checkout_state = await _settled(
+            checkout.submit(
+                repo, workspace, ref=commit or branch_name, base=base, redactor=redactor
+            )
         )
+        result: CheckoutResult = await checkout_state.aresult()
         sha = result.sha
         result = CheckoutResult(**{**result.__dict__, "branch": branch_name})
         logger.info(
@@ -332,7 +352,8 @@ def pipeline(
             (result.base_sha or "the root")[:12],
         )
         step = "load-spec"
-        spec = load_spec(workspace, repo.spec_path, overrides)
+        spec_state = await _settled(load_spec.submit(workspace, repo.spec_path, overrides))
+        spec: Pipeline = await spec_state.aresult()
         app = spec.app
         pipeline_env = {**spec.env, **overrides.env}
         run_vars = {
@@ -355,7 +376,7 @@ def pipeline(
             branch=branch_name, env=context.env, changed_files=result.changed_files
         )
         walker = StageWalker(spec, _decider(spec, overrides, conditions))
-        _run_stages(spec, walker, result, context, pipeline_env, refresh_cache)
+        await _run_stages(spec, walker, result, context, pipeline_env, refresh_cache)
         outcomes = walker.ordered()
         failed = next(
             (o for o in outcomes if o.status == "failed" and o.group is None),
@@ -383,8 +404,8 @@ def pipeline(
             run_url=run_url,
             seconds=round(time.monotonic() - started, 3),
         )
-    _publish_artifacts(report)
-    _notify(slack, report, redactor)
+    await _publish_artifacts(report)
+    await _notify(slack, report, redactor)
     if report.status == "failure":
         logger.error("pipeline failed at stage %s: %s", report.failed_stage, report.reason)
         return Failed(  # type: ignore[return-value]
@@ -395,3 +416,8 @@ def pipeline(
         shutil.rmtree(workspace, ignore_errors=True)
     logger.info("pipeline succeeded in %.1f s", report.seconds)
     return report
+
+
+def run_pipeline(**parameters: Any) -> State:
+    """Run the pipeline flow from synchronous code; returns its final state."""
+    return asyncio.run(pipeline(**parameters, return_state=True))  # type: ignore[arg-type]

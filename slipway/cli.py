@@ -47,10 +47,10 @@ def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
 
     api_url = ensure_server()
     with temporary_settings({PREFECT_API_URL: api_url}):
-        from slipway.flows.pipeline import pipeline
+        from slipway.flows.pipeline import run_pipeline
         from slipway.report import ICONS
 
-        state = pipeline(
+        state = run_pipeline(
             repository=repository,
             branch=args.branch,
             commit=args.commit,
@@ -60,7 +60,6 @@ def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
             env=_env_pairs(args.env or []),
             notifier=args.notifier,
             refresh_cache=args.refresh_cache,
-            return_state=True,
         )
         report = state.result(raise_on_failure=False)
     print()

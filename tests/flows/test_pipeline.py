@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.states import State
 
-from slipway.flows.pipeline import pipeline
+from slipway.flows.pipeline import run_pipeline
 from slipway.report import PipelineReport
 from slipway.tasks.artifacts import sha256_file
 from tests.flows.prefect_api import artifacts, logs, task_runs
@@ -34,7 +34,7 @@ def spec(text: str) -> str:
 
 
 def run(url: str, **params: object) -> tuple[State, PipelineReport]:
-    state = pipeline(repository=url, return_state=True, **params)
+    state = run_pipeline(repository=url, **params)
     report = state.result(raise_on_failure=False)
     assert isinstance(report, PipelineReport), report
     return state, report
@@ -354,7 +354,7 @@ def test_stage_selection_parameter_and_build_artifact_fingerprints(git_remote):
     table = artifacts(state.state_details.flow_run_id)["demo-build-artifacts"].data
     assert archived.sha256 in str(table)
     with pytest.raises(Exception, match="unknown stage 'nope'"):
-        pipeline(repository=url, stages=["nope"])
+        run_pipeline(repository=url, stages=["nope"]).result()
     assert len(archived.sha256) == 64
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from slipway.example import publish_example
-from slipway.flows.pipeline import pipeline
+from slipway.flows.pipeline import run_pipeline
 from tests.flows.prefect_api import artifacts, task_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ STAGES = {"lint", "build", "test", "unit", "integration", "manifests"}
 
 def test_example_app_pipeline_runs_for_real_on_a_prefect_server(on_server, slipway_home):
     url = publish_example(home=slipway_home)
-    state = pipeline(repository=url, return_state=True)
+    state = run_pipeline(repository=url)
     report = state.result()
     assert state.is_completed(), state.message
     assert {s.name: s.status for s in report.stages} == dict.fromkeys(STAGES, "passed")
@@ -47,7 +47,7 @@ def test_example_app_pipeline_runs_for_real_on_a_prefect_server(on_server, slipw
         "example-app-build-artifacts",
     } <= set(found)
 
-    again = pipeline(repository=url, return_state=True).result()
+    again = run_pipeline(repository=url).result()
     assert {s.name: s.status for s in again.stages} == dict.fromkeys(STAGES, "cached")
 
 
