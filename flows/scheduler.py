@@ -91,8 +91,11 @@ class StageWalker:
             self._started.add(stage.name)
             broken = [d for d in deps if self.outcomes[d].status in ("failed", "not-run")]
             if broken:
-                why = self.outcomes[broken[0]].status.replace("not-run", "did not run")
-                reason = f"needs {broken[0]!r}, which {why}"
+                reason = f"needs {broken[0]!r}, which " + (
+                    "failed"
+                    if self.outcomes[broken[0]].status == "failed"
+                    else f"did not run ({self._root_failure(broken[0])} failed)"
+                )
                 settled += self._settle(stage, "not-run", reason)
                 continue
             decision = self.decide(stage)
@@ -109,6 +112,23 @@ class StageWalker:
                 else:
                     settled += self._settle(member, "skipped", member_decision.reason)
         return settled
+
+    def _root_failure(self, name: str) -> str:
+        """The failed stage at the start of a chain of stages that did not run."""
+        seen: set[str] = set()
+        while name not in seen:
+            seen.add(name)
+            if self.outcomes[name].status == "failed":
+                return repr(name)
+            broken = [
+                d
+                for d in self.deps.get(name, [])
+                if self.outcomes.get(d) and not self.outcomes[d].ok
+            ]
+            if not broken:
+                break
+            name = broken[0]
+        return repr(name)
 
     def _settle(self, stage: Stage, status: str, reason: str) -> list[StageOutcome]:
         outcomes = [StageOutcome(stage.name, status, 0.0, reason)]  # type: ignore[arg-type]

@@ -55,7 +55,15 @@ def evaluate(when: When, ctx: ConditionContext) -> Verdict:
             actual = ctx.env.get(name)
             ok = actual == wanted
             checks.append(
-                Verdict(ok, f"env {name}={actual!r}" + ("" if ok else f" is not {wanted!r}"))
+                Verdict(
+                    ok,
+                    (
+                        f"env {name}={actual!r}"
+                        if actual is not None
+                        else f"env {name} is unset (wanted {wanted!r})"
+                    )
+                    + ("" if ok or actual is None else f" is not {wanted!r}"),
+                )
             )
     if when.changeset is not None:
         hits = changed_matches(ctx.changed_files, when.changeset)

@@ -124,7 +124,7 @@ def test_failure_stops_dependents_but_not_independent_stages():
 
     assert [(o.name, o.status) for o in settled] == [("test", "not-run"), ("package", "not-run")]
     assert w.outcomes["test"].reason == "needs 'build', which failed"
-    assert w.outcomes["package"].reason == "needs 'test', which did not run"
+    assert w.outcomes["package"].reason == "needs 'test', which did not run ('build' failed)"
     assert not w.done  # docs is still running, and publish-docs still to come
 
     finish(w, "docs")
