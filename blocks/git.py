@@ -17,25 +17,36 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 _USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@")
 
 
+_GIT_LOGO = "https://git-scm.com/images/logos/downloads/Git-Icon-1788C.png"
+_DOCS = "https://git-scm.com/docs/git-config#Documentation/git-config.txt-httpextraHeader"
+
+
 class GitRemote(Block):
-    """A git repository reachable over https, ssh or a local path.
+    """A git repository reachable over https, ssh or a local path, with credentials.
 
     Example:
+        Load a saved remote:
         ```python
-        from slipway.blocks.git import AppRepository
-        AppRepository(url="https://git.example.com/team/app.git",
-                      username="ci", token="...").save("example-app")
+        from slipway.blocks.git import GitRemote
+        remote = GitRemote.load("BLOCK_NAME")
         ```
     """
 
     _block_type_name = "slipway Git Remote"
+    _logo_url = _GIT_LOGO  # type: ignore[assignment]
+    _documentation_url = _DOCS  # type: ignore[assignment]
     # a rejected URL may hold a password: keep input values out of error messages
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    url: str = Field(description="Clone URL (https://, ssh://, file:// or a local path).")
-    username: str | None = Field(default=None, description="User for HTTP basic auth.")
+    url: str = Field(
+        description="Clone URL (https://, ssh://, file:// or a local path); no credentials in it."
+    )
+    username: str | None = Field(
+        default=None,
+        description="User for HTTP basic auth (default: none; 'git' when only a token is set).",
+    )
     token: SecretStr | None = Field(
-        default=None, description="Password or access token for HTTP basic auth."
+        default=None, description="Password or access token for HTTP basic auth (default: none)."
     )
 
     @field_validator("url")
@@ -72,11 +83,24 @@ class GitRemote(Block):
 
 
 class AppRepository(GitRemote):
-    """The application repository a pipeline builds."""
+    """The application repository a pipeline builds, with its pipeline file's path.
+
+    Example:
+        Save one, then name it as the pipeline's ``repository`` parameter:
+        ```python
+        from slipway.blocks.git import AppRepository
+        AppRepository(url="https://git.example.com/team/app.git",
+                      username="ci", token="...").save("example-app")
+        repository = AppRepository.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "slipway App Repository"
 
-    default_branch: str = Field(default="main", description="Branch built when none is given.")
+    default_branch: str = Field(
+        default="main", description="Branch built when none is given (default main)."
+    )
     spec_path: str = Field(
-        default="slipway.yaml", description="Pipeline file, relative to the repository root."
+        default="slipway.yaml",
+        description="Pipeline file, relative to the repository root (default slipway.yaml).",
     )

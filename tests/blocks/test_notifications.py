@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pydantic
 import pytest
-from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from prefect_slack import SlackCredentials, SlackWebhook
 
 from slipway.blocks.notifications import SlackNotifier
+from tests.blocks.block_suite import OfflineBlockTestSuite
 
 WEBHOOK_SECRET = "Zq8xWebhookPathSecret0042"
 WEBHOOK_URL = f"https://hooks.slack.com/services/T0SLIPWAY/B0SLIPWAY/{WEBHOOK_SECRET}"
 BOT_TOKEN = "xoxb-1234-5678-BotTokenSecret"
 
 
-class TestSlackNotifierStandards(BlockStandardTestSuite):
+class TestSlackNotifierStandards(OfflineBlockTestSuite):
     # The suite asks for a fixture named `block`; a plain `block = SlackNotifier`
     # class attribute would shadow the fixture and leave pytest with none.
     @pytest.fixture
