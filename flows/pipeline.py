@@ -72,13 +72,13 @@ class _ThreadTimeoutNotice(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
-@task(name="skip", tags=["slipway"])
+@task(name="skip")
 def skip_stage(reason: str, status: str) -> State:
     """A visible task run for a stage that does not run, in a non-success state name."""
     return Completed(name="Skipped" if status == "skipped" else "NotRun", message=reason)
 
 
-@task(name="load-spec", tags=["slipway"])
+@task(name="load-spec")
 def load_spec(workspace: Path, spec_path: str, overrides: PipelineOverrides) -> Pipeline:
     pipeline = load_pipeline(inside(workspace, spec_path), display_name=spec_path)
     check_overrides(pipeline, overrides)

@@ -214,5 +214,4 @@ checkout = task(
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_retry_when_temporary,
-    tags=["slipway", "checkout"],
 )

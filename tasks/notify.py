@@ -427,5 +427,4 @@ notify_slack = task(
     # Always post: a re-run must notify again, and the inputs hold secrets that a
     # cache key would have to hash.
     cache_policy=NO_CACHE,
-    tags=["notify"],
 )

@@ -187,11 +187,14 @@ def _key_from_parameters(_context: object, parameters: dict[str, Any]) -> str | 
     return parameters.get("key")
 
 
+# No tags on slipway's tasks: Prefect asks the server for a tag concurrency slot at
+# the start of every task run that has tags, limit or not, and on SQLite those
+# requests collide with the server's own writes ("database is locked", HTTP 503 and
+# a client retry of about 2 s). Runs are found by their flow run instead.
 _base_stage_task: Task[..., StageResult] = task(
     _run_stage,
     name="stage",
     persist_result=True,
-    tags=["slipway", "stage"],
 )
 
 

@@ -31,6 +31,8 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from tests.servers.git_http import commit_files, make_bare_repo  # noqa: E402
 
+pytest_plugins = ["tests.servers.docker_engine"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
