@@ -12,16 +12,19 @@ import logging
 import re
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.urls import url_for
+from prefect_docker import DockerHost
 from pydantic import Field
 
 from slipway.blocks.git import AppRepository
@@ -38,6 +41,8 @@ from slipway.tasks.checkout import CheckoutResult, checkout
 from slipway.tasks.junit_reports import summary_markdown as tests_markdown
 from slipway.tasks.junit_reports import summary_rows
 from slipway.tasks.notify import PipelineOutcome, notify_slack
+from slipway.tasks.quality_gate import gate_rows
+from slipway.tasks.security_scan import findings_rows, scan_markdown
 from slipway.tasks.stages import (
     StageContext,
     StageFailedWithReport,
@@ -46,7 +51,7 @@ from slipway.tasks.stages import (
     stage_environment,
     stage_task,
 )
-from slipway.workspace import inside, new_workspace
+from slipway.workspace import inside, new_workspace, next_build_number
 
 _URLISH = re.compile(r"[/:]")
 
@@ -72,13 +77,13 @@ class _ThreadTimeoutNotice(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
-@task(name="skip")
+@task(name="skip", cache_policy=NO_CACHE)
 def skip_stage(reason: str, status: str) -> State:
     """A visible task run for a stage that does not run, in a non-success state name."""
     return Completed(name="Skipped" if status == "skipped" else "NotRun", message=reason)
 
 
-@task(name="load-spec")
+@task(name="load-spec", cache_policy=NO_CACHE)
 def load_spec(workspace: Path, spec_path: str, overrides: PipelineOverrides) -> Pipeline:
     pipeline = load_pipeline(inside(workspace, spec_path), display_name=spec_path)
     check_overrides(pipeline, overrides)
@@ -126,7 +131,21 @@ async def _run_stages(
     logger = get_run_logger()
     default_delays = pipeline.defaults.retries.delays()
     keys: dict[str, str] = {}
+    results: dict[str, StageResult] = {}
     running: dict[concurrent.futures.Future[Any], tuple[Stage, PrefectFuture[Any], float]] = {}
+
+    def needed(stage: Stage) -> list[str]:
+        """Every stage this one needs, directly or not, in file order."""
+        pending = list(walker.deps[walker.group_of(stage.name) or stage.name])
+        found: set[str] = set()
+        while pending:
+            name = pending.pop()
+            if name not in found:
+                found.add(name)
+                pending.extend(walker.deps.get(name, []))
+        ordered = [s.name for s in pipeline.all_stages()]
+        members = {m.name for s in pipeline.stages if s.name in found for m in s.parallel or []}
+        return [n for n in ordered if n in found | members]
 
     def upstream_keys(stage: Stage) -> list[str]:
         group = walker.group_of(stage.name)
@@ -158,7 +177,8 @@ async def _run_stages(
                 default_retries=default_delays,
                 refresh=refresh_cache,
             )
-            future = stage_run.submit(stage, context, key if stage.cache else None)
+            upstream = [results[n] for n in needed(stage) if n in results]
+            future = stage_run.submit(stage, context, key if stage.cacheable else None, upstream)
             running[future.wrapped_future] = (stage, future, time.monotonic())
         if not running:
             if walker.done:
@@ -186,6 +206,7 @@ async def _run_stages(
                     )
                 if result.cache_key:
                     keys[stage.name] = result.cache_key
+                results[stage.name] = result
                 walker.record(
                     StageOutcome(
                         stage.name,
@@ -195,11 +216,15 @@ async def _run_stages(
                         group,
                         result.artifacts,
                         result.tests,
+                        result.gate,
+                        result.scan,
+                        result.image,
+                        result.pushed,
                     )
                 )
             else:
                 error = await state.aresult(raise_on_failure=False)
-                report = error.report if isinstance(error, StageFailedWithReport) else None
+                extra = error if isinstance(error, StageFailedWithReport) else None
                 reason = (
                     error.detail
                     if isinstance(error, StageFailedWithReport)
@@ -209,7 +234,17 @@ async def _run_stages(
                     reason = str(error).split(": ", 1)[-1]
                 logger.error("stage %s failed: %s", stage.name, reason)
                 walker.record(
-                    StageOutcome(stage.name, "failed", elapsed, reason, group, (), report)
+                    StageOutcome(
+                        stage.name,
+                        "failed",
+                        elapsed,
+                        reason,
+                        group,
+                        (),
+                        extra.report if extra else None,
+                        extra.gate if extra else None,
+                        extra.scan if extra else None,
+                    )
                 )
 
 
@@ -230,6 +265,43 @@ async def _publish_artifacts(report: PipelineReport) -> None:
             key=_artifact_key(report.app, "test-totals"),
             table=summary_rows(suites),
             description="Per-suite and total test counts",
+        )
+    for stage in report.stages:
+        if stage.gate is not None:
+            await acreate_table_artifact(
+                key=_artifact_key(report.app, "quality-gate"),
+                table=gate_rows(stage.gate),
+                description=f"Quality gate ({stage.gate.source}): {stage.gate.phase}. "
+                + stage.gate.message,
+            )
+        if stage.scan is not None:
+            await acreate_markdown_artifact(
+                key=_artifact_key(report.app, f"security-{stage.name}"),
+                markdown=scan_markdown(stage.scan),
+                description=f"Security scan {stage.name}: {stage.scan.phase}",
+            )
+            await acreate_table_artifact(
+                key=_artifact_key(report.app, f"findings-{stage.name}"),
+                table=findings_rows(stage.scan) or [{"finding": "none"}],
+                description="Findings: tool, rule, severity, file:line, status",
+            )
+    images = [s for s in report.stages if s.image is not None]
+    if images:
+        await acreate_table_artifact(
+            key=_artifact_key(report.app, "images"),
+            table=[
+                {
+                    "stage": s.name,
+                    "image": s.pushed.ref if s.pushed else s.image.references[0],
+                    "tags": ", ".join(s.image.tags),
+                    "digest": s.pushed.digest if s.pushed else "(not pushed)",
+                    "image id": s.image.image_id,
+                    "size": s.image.size_bytes,
+                }
+                for s in images
+                if s.image is not None
+            ],
+            description="Images built (and pushed: deploy by digest)",
         )
     files = report.artifacts
     if files:
@@ -356,8 +428,10 @@ async def pipeline(
         spec: Pipeline = await spec_state.aresult()
         app = spec.app
         pipeline_env = {**spec.env, **overrides.env}
+        build_number = next_build_number(app)
         run_vars = {
             "CI": "true",
+            "SLIPWAY_BUILD_NUMBER": str(build_number),
             "SLIPWAY_APP": app,
             "SLIPWAY_BRANCH": branch_name,
             "SLIPWAY_COMMIT": result.sha,
@@ -366,11 +440,19 @@ async def pipeline(
             "SLIPWAY_RUN_ID": run_id,
             "SLIPWAY_WORKSPACE": str(workspace),
         }
+        docker_host = await DockerHost.aload(spec.docker_host) if spec.docker_host else None
         context = StageContext(
             workspace=workspace,
             env=stage_environment(base=None, pipeline_env=pipeline_env, run_vars=run_vars),
             default_timeout=spec.defaults.timeout,
             redactor=redactor,
+            pipeline_env={**pipeline_env, **run_vars},
+            revision=result.sha,
+            committed_at=datetime.fromisoformat(result.committed_at),
+            build_number=build_number,
+            source_url=repo.url,
+            docker_host=docker_host,
+            build_spec_of={s.name: s.build_image for s in spec.all_stages() if s.build_image},
         )
         conditions = ConditionContext(
             branch=branch_name, env=context.env, changed_files=result.changed_files

@@ -71,6 +71,8 @@ def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
                 f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{note}"
             )
         print(f"\n{report.app} @ {report.sha[:12]}: {report.status} in {report.seconds:.1f} s")
+        if report.pushed_image is not None:
+            print(f"image pushed: {report.pushed_image.ref}")
         if report.run_url:
             print(f"watch it in the Prefect UI: {report.run_url}")
     else:
@@ -83,8 +85,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _example(args: argparse.Namespace) -> int:
-    from slipway.example import publish_example
+    import os
 
+    from slipway.example import publish_example
+    from slipway.local_docker import ensure_base_image, ensure_engine, ensure_registry
+
+    engine, started = ensure_engine()
+    os.environ["DOCKER_HOST"] = engine  # the image stages' DockerHost() reads it
+    print(f"Docker engine: {engine}" + (" (started, left running)" if started else ""))
+    ensure_base_image(engine)
+    print(f"image registry: {ensure_registry(5000)} (the example pushes there)")
     url = publish_example()
     print(f"published examples/example-app to {url}")
     return _run_pipeline(url, args)

@@ -10,8 +10,18 @@ whether trying again can help, so retry policies and people can decide quickly::
     ├── PermanentError                    retrying the same thing gives the same answer
     │   ├── CheckoutError                 ref missing, authentication refused
     │   ├── StageFailed                   a command exited non-zero
-    │   ├── StageTimeout                  a command ran past its timeout
-    │   └── ReportError                   a JUnit report is unreadable or unsafe
+    │   │   └── StageTimeout              a command ran past its timeout
+    │   ├── ReportError                   a report (JUnit, coverage) is unreadable or unsafe
+    │   │   └── ScannerReportError        SonarQube's report-task.txt missing or foreign
+    │   ├── QualityGateError              the gate could not be evaluated
+    │   │   ├── GateTimeout               compute-engine task not done in time
+    │   │   ├── GateAuthError             token refused (401/403)
+    │   │   └── AnalysisFailed            compute-engine task FAILED / CANCELED
+    │   ├── ScannerError                  a security scanner broke
+    │   ├── ScannerUnavailable            a scanner cannot run here (skipped)
+    │   ├── ImageBuildError               a Dockerfile step or the engine failed
+    │   │   └── ImageBuildTimeout         the build ran past its timeout
+    │   └── RegistryError                 credentials refused, unknown host, denied
     └── TemporaryError                    a retry may succeed (network, busy server)
         └── RemoteUnavailable             a server could not be reached
 
@@ -21,7 +31,9 @@ with ``raise ... from exc`` and a short message that never holds a secret.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class SlipwayError(Exception):
@@ -92,3 +104,50 @@ class TemporaryError(SlipwayError):
 
 class RemoteUnavailable(TemporaryError):
     """A remote server (git, registry, API) could not be reached."""
+
+
+# --- stage families -------------------------------------------------------------
+
+
+class ImageBuildError(PermanentError):
+    """The build failed: a Dockerfile step, the build context or the engine refused it."""
+
+
+class ImageBuildTimeout(ImageBuildError):
+    """The build ran past its timeout and was abandoned."""
+
+
+class RegistryError(PermanentError):
+    """The registry refused: wrong credentials, unknown host, access denied, bad name."""
+
+
+class QualityGateError(PermanentError):
+    """The quality gate could not be evaluated; asking again gives the same answer."""
+
+
+class GateTimeout(QualityGateError):
+    """The compute-engine task was still queued or running when the timeout ran out."""
+
+
+class GateAuthError(QualityGateError):
+    """SonarQube refused the token (401) or its permissions (403)."""
+
+
+class AnalysisFailed(QualityGateError):
+    """The compute-engine task ended FAILED or CANCELED: there is no analysis to gate."""
+
+
+class ScannerReportError(ReportError):
+    """report-task.txt is missing, unreadable, or names another project."""
+
+
+class ScannerError(PermanentError):
+    """A scanner ran but broke; ``findings`` holds what it reported before breaking."""
+
+    def __init__(self, message: str, findings: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.findings = list(findings)
+
+
+class ScannerUnavailable(PermanentError):
+    """A scanner cannot run here at all (not installed, nothing to scan); the scan skips it."""

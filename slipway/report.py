@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from slipway.tasks.artifacts import ArchivedFile
+from slipway.tasks.images import BuiltImage, LocalImage
 from slipway.tasks.junit_reports import SuiteReport
+from slipway.tasks.quality_gate import QualityGateResult
+from slipway.tasks.security_scan import ScanResult
 
 StageStatus = Literal["passed", "failed", "skipped", "cached", "not-run"]
 ICONS: dict[str, str] = {
@@ -32,6 +35,10 @@ class StageOutcome:
     group: str | None = None
     artifacts: tuple[ArchivedFile, ...] = ()
     tests: SuiteReport | None = None
+    gate: QualityGateResult | None = None
+    scan: ScanResult | None = None
+    image: LocalImage | None = None
+    pushed: BuiltImage | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,6 +70,11 @@ class PipelineReport:
     @property
     def artifacts(self) -> list[tuple[str, ArchivedFile]]:
         return [(s.name, a) for s in self.stages for a in s.artifacts]
+
+    @property
+    def pushed_image(self) -> BuiltImage | None:
+        """The image later stages deploy (by digest), if this run pushed one."""
+        return next((s.pushed for s in reversed(self.stages) if s.pushed is not None), None)
 
 
 def _cell(text: str, limit: int = 200) -> str:

@@ -28,6 +28,10 @@ from slipway.spec_types import (  # noqa: F401  (re-exported for stage spec modu
     StrictModel,
     StrList,
 )
+from slipway.tasks.containers import ContainerSpec
+from slipway.tasks.images import ImageBuildSpec
+from slipway.tasks.quality_gate import QualityGateSpec
+from slipway.tasks.security_scan import SecurityScanSpec
 
 
 class When(StrictModel):
@@ -78,8 +82,22 @@ class RetryPolicy(StrictModel):
 Retries = Annotated[RetryPolicy, BeforeValidator(_retries_from_int)]
 
 
+class PushImageSpec(StrictModel):
+    """Push the image an earlier ``build_image`` stage built, to that stage's registry."""
+
+    from_stage: Name = Field(alias="from", description="The build_image stage to push.")
+
+
+STAGE_KINDS = ("run", "parallel", "quality_gate", "security_scan", "build_image", "push_image")
+
+
 class Stage(StrictModel):
-    """A step of the pipeline: commands to run, or a group of parallel stages."""
+    """A step of the pipeline: exactly one of its kinds (``STAGE_KINDS``).
+
+    ``run`` commands (on the worker, or in a ``container``), a ``parallel`` group,
+    or one of the built-in stages: ``quality_gate``, ``security_scan``,
+    ``build_image``, ``push_image``.
+    """
 
     name: Name = Field(description="Unique stage name, shown in the Prefect UI.")
     run: StrList | None = Field(
@@ -88,6 +106,21 @@ class Stage(StrictModel):
     parallel: list[Stage] | None = Field(
         default=None,
         description="Stages run at the same time; the group fails after all have finished.",
+    )
+    quality_gate: QualityGateSpec | None = Field(
+        default=None, description="SonarQube's quality gate, or the local coverage/lint gate."
+    )
+    security_scan: SecurityScanSpec | None = Field(
+        default=None, description="Code, secret, config and image scans under one policy."
+    )
+    build_image: ImageBuildSpec | None = Field(
+        default=None, description="Build the Dockerfile into an image (and push it if asked)."
+    )
+    push_image: PushImageSpec | None = Field(
+        default=None, description="Push the image of an earlier build_image stage."
+    )
+    container: ContainerSpec | None = Field(
+        default=None, description="Run the 'run' commands in a container of this image."
     )
     dir: RelPath = Field(default=".", description="Working directory inside the workspace.")
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
@@ -107,11 +140,22 @@ class Stage(StrictModel):
     cache: bool = Field(
         default=True, description="Reuse the result for the same commit, spec and inputs."
     )
+    allow_inconclusive: bool = Field(
+        default=False,
+        description="A gate or scan that could not decide (missing data, a scanner absent) "
+        "passes with a warning instead of failing the stage (default false).",
+    )
 
     @model_validator(mode="after")
-    def _run_or_parallel(self) -> Stage:
-        if (self.run is None) == (self.parallel is None):
-            raise ValueError("a stage needs exactly one of 'run' or 'parallel'")
+    def _one_kind(self) -> Stage:
+        kinds = [k for k in STAGE_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = f"found {', '.join(kinds)}" if kinds else "found none"
+            raise ValueError(f"a stage needs exactly one of {', '.join(STAGE_KINDS)} ({found})")
+        if self.container is not None and self.run is None:
+            raise ValueError("'container' goes with 'run' only")
+        if self.allow_inconclusive and self.kind not in ("quality_gate", "security_scan"):
+            raise ValueError("'allow_inconclusive' goes with quality_gate or security_scan only")
         if self.parallel is not None:
             if not self.parallel:
                 raise ValueError("'parallel' needs at least one stage")
@@ -128,6 +172,15 @@ class Stage(StrictModel):
     def is_group(self) -> bool:
         return self.parallel is not None
 
+    @property
+    def kind(self) -> str:
+        return next(k for k in STAGE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def cacheable(self) -> bool:
+        """Images live in an engine, scans depend on the day's allowances: never reused."""
+        return self.cache and self.kind in ("run", "quality_gate")
+
 
 class Defaults(StrictModel):
     timeout: float = Field(default=3600, gt=0, le=86400, description="Seconds; default 1 h.")
@@ -142,6 +195,11 @@ class Pipeline(StrictModel):
     env: EnvMap = Field(default_factory=dict, description="Environment for every stage.")
     defaults: Defaults = Field(default_factory=Defaults)
     max_parallel: int = Field(default=8, ge=1, le=64, description="Stages running at once.")
+    docker_host: Name | None = Field(
+        default=None,
+        description="prefect-docker DockerHost block for image and container stages "
+        "(default: the worker's DOCKER_HOST).",
+    )
     stages: list[Stage] = Field(min_length=1)
 
     def all_stages(self) -> list[Stage]:

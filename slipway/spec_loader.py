@@ -20,7 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from slipway.exceptions import SpecError, SpecProblem
-from slipway.spec import Pipeline, PipelineOverrides, Stage
+from slipway.spec import Pipeline, PipelineOverrides, Stage, StrictModel
 
 DEFAULT_SPEC_FILE = "slipway.yaml"
 MAX_SPEC_BYTES = 1_000_000
@@ -80,7 +80,7 @@ def _message(error: Mapping[str, Any], loc: Loc) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        candidates = sorted({k for m in _MODELS for k in _known_keys(m)})
+        candidates = sorted({k for m in _all_models() for k in _known_keys(m)})
         close = difflib.get_close_matches(key, candidates, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key {key!r}{hint}"
@@ -106,16 +106,17 @@ def _problems_from_validation(exc: ValidationError, lines: dict[Loc, int]) -> li
     return problems
 
 
-_MODELS: list[type] = []
-
-
-def _register_models() -> None:
-    from slipway.spec import Defaults, RetryPolicy, When
-
-    _MODELS.extend([Pipeline, Stage, When, RetryPolicy, Defaults])
-
-
-_register_models()
+def _all_models() -> list[type]:
+    """Every pipeline-file model (the stage families define theirs on StrictModel)."""
+    found: list[type] = []
+    pending: list[type] = [StrictModel]
+    while pending:
+        model = pending.pop()
+        for sub in model.__subclasses__():
+            if sub not in found:
+                found.append(sub)
+                pending.append(sub)
+    return found
 
 
 def dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
@@ -192,6 +193,14 @@ def _semantic_problems(pipeline: Pipeline, lines: dict[Loc, int]) -> list[SpecPr
                     else (f" (did you mean {close[0]!r}?)" if close else "")
                 )
                 add(loc, f"unknown stage {dep!r} in needs{hint}")
+    builders = {s.name for s in pipeline.all_stages() if s.build_image is not None}
+    for i, stage in enumerate(pipeline.stages):
+        if stage.push_image is not None and stage.push_image.from_stage not in builders:
+            add(
+                ("stages", i, "push_image", "from"),
+                f"{stage.push_image.from_stage!r} is not a build_image stage"
+                + (f" (build_image stages: {', '.join(sorted(builders))})" if builders else ""),
+            )
     if not problems:
         cycle = _find_cycle(dependencies(pipeline))
         if cycle:

@@ -7,6 +7,7 @@ stage that does rerun.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -32,3 +33,23 @@ def new_workspace(app: str, run_id: str) -> Path:
     path = slipway_home() / "workspaces" / app / run_id
     path.mkdir(parents=True, exist_ok=False)
     return path
+
+
+def next_build_number(app: str) -> int:
+    """This app's next build number (1, 2, ...), like Jenkins' BUILD_NUMBER.
+
+    Kept in ``$SLIPWAY_HOME/build-numbers/<app>`` under an exclusive lock, so runs on
+    one machine never share a number; workers on several machines need a shared
+    ``SLIPWAY_HOME`` for numbers to stay unique (image tags carry the commit too).
+    """
+    folder = slipway_home() / "build-numbers"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / app).open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        text = handle.read().strip()
+        number = int(text) + 1 if text.isdigit() else 1
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(number))
+        return number

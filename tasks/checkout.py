@@ -18,6 +18,7 @@ from pathlib import Path
 
 import git
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from slipway.blocks.git import GitRemote
 from slipway.exceptions import CheckoutError, RemoteUnavailable, UnsafeInputError
@@ -214,4 +215,5 @@ checkout = task(
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_retry_when_temporary,
+    cache_policy=NO_CACHE,  # a checkout is always fresh; its inputs hold the redactor
 )

@@ -51,7 +51,9 @@ from pydantic import Field, field_validator, model_validator
 
 from slipway.exceptions import (
     ConfigError,
-    PermanentError,
+    ImageBuildError,
+    ImageBuildTimeout,
+    RegistryError,
     RemoteUnavailable,
     UnsafeInputError,
 )
@@ -116,18 +118,6 @@ _ENGINE_ERRORS = (
     requests.exceptions.RequestException,
     urllib3.exceptions.HTTPError,
 )
-
-
-class ImageBuildError(PermanentError):
-    """The build failed: a Dockerfile step, the build context or the engine refused it."""
-
-
-class ImageBuildTimeout(ImageBuildError):
-    """The build ran past its timeout and was abandoned."""
-
-
-class RegistryError(PermanentError):
-    """The registry refused: wrong credentials, unknown host, access denied, bad name."""
 
 
 # ---------------------------------------------------------------------------- validation

@@ -69,10 +69,14 @@ from sonarqube.utils.rest_client import RestClient
 
 from slipway.blocks.sonarqube import SonarQubeServer
 from slipway.exceptions import (
+    AnalysisFailed,
     ConfigError,
-    PermanentError,
+    GateAuthError,
+    GateTimeout,
+    QualityGateError,
     RemoteUnavailable,
     ReportError,
+    ScannerReportError,
     StageFailed,
     StageTimeout,
     UnsafeInputError,
@@ -268,26 +272,6 @@ class QualityGateResult:
 
 
 # --- errors ---------------------------------------------------------------------------
-
-
-class QualityGateError(PermanentError):
-    """The quality gate could not be evaluated; asking again gives the same answer."""
-
-
-class GateTimeout(QualityGateError):
-    """The compute-engine task was still queued or running when the timeout ran out."""
-
-
-class GateAuthError(QualityGateError):
-    """SonarQube refused the token (401) or its permissions (403)."""
-
-
-class AnalysisFailed(QualityGateError):
-    """The compute-engine task ended FAILED or CANCELED: there is no analysis to gate."""
-
-
-class ScannerReportError(ReportError):
-    """report-task.txt is missing, unreadable, or names another project."""
 
 
 # --- shared helpers -------------------------------------------------------------------

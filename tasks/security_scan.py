@@ -77,7 +77,7 @@ from slipway.blocks.security_policy import (
     SecurityPolicy,
     Severity,
 )
-from slipway.exceptions import PermanentError, UnsafeInputError
+from slipway.exceptions import ScannerError, ScannerUnavailable, UnsafeInputError
 from slipway.spec_types import NAME_PATTERN, RelGlobs, StrictModel
 from slipway.workspace import inside
 
@@ -136,18 +136,6 @@ class ScanResult:
     scans: tuple[SubScan, ...]
     failing: tuple[Finding, ...] = ()
     fail_on: str = "HIGH"
-
-
-class ScannerError(PermanentError):
-    """A scanner ran but broke; ``findings`` holds what it reported before breaking."""
-
-    def __init__(self, message: str, findings: Sequence[Finding] = ()) -> None:
-        super().__init__(message)
-        self.findings = list(findings)
-
-
-class ScannerUnavailable(PermanentError):
-    """A scanner cannot run here at all (not installed, nothing to scan); the scan skips it."""
 
 
 # ------------------------------------------------------------------------------- spec

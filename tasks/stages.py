@@ -13,23 +13,38 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import docker
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect_docker import DockerHost, DockerRegistryCredentials
 from wcmatch import glob
 
+from slipway.blocks.sonarqube import SonarQubeServer
 from slipway.exceptions import ReportError, StageFailed
 from slipway.redact import Redactor
 from slipway.spec import Stage
 from slipway.tasks.artifacts import ArchivedFile, archive_artifacts
 from slipway.tasks.commands import run_commands
+from slipway.tasks.containers import run_in_container
+from slipway.tasks.images import (
+    BuiltImage,
+    ImageBuildSpec,
+    LocalImage,
+    build_image,
+    push_image,
+    registry_credentials,
+)
 from slipway.tasks.junit_reports import SuiteReport, collect_suite
+from slipway.tasks.quality_gate import QualityGateResult, run_local_gate, run_sonarqube_gate
+from slipway.tasks.security_scan import ScanResult, resolve_policy, run_security_scan
 from slipway.workspace import inside
 
 CACHE_EXPIRATION = timedelta(days=14)
@@ -40,12 +55,26 @@ PREFECT_TIMEOUT_MARGIN_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class StageContext:
-    """Everything a stage needs from the run, passed explicitly (tasks read no globals)."""
+    """Everything a stage needs from the run, passed explicitly (tasks read no globals).
+
+    ``env`` is what host commands see (the worker's environment plus the pipeline's);
+    ``pipeline_env`` is the part that goes into containers, which must not inherit the
+    worker's environment.
+    """
 
     workspace: Path
     env: Mapping[str, str]
     default_timeout: float
     redactor: Redactor = field(default_factory=Redactor, compare=False)
+    pipeline_env: Mapping[str, str] = field(default_factory=dict)
+    revision: str = ""
+    # the commit's time: the image's OCI "created" label, so rebuilding a commit gives
+    # the same image (and digest), as SOURCE_DATE_EPOCH does for reproducible builds
+    committed_at: datetime | None = None
+    build_number: int = 0
+    source_url: str = ""
+    docker_host: DockerHost | None = None
+    build_spec_of: Mapping[str, ImageBuildSpec] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,18 +87,31 @@ class StageResult:
     artifacts: tuple[ArchivedFile, ...] = ()
     tests: SuiteReport | None = None
     output_tail: str = ""
+    gate: QualityGateResult | None = None
+    scan: ScanResult | None = None
+    image: LocalImage | None = None
+    pushed: BuiltImage | None = None
 
 
 class StageFailedWithReport(StageFailed):
-    """A stage failed but produced a test report worth showing."""
+    """A stage failed but produced something worth showing: tests, a gate, a scan."""
 
-    def __init__(self, stage: str, detail: str, report: SuiteReport | None = None) -> None:
+    def __init__(
+        self,
+        stage: str,
+        detail: str,
+        report: SuiteReport | None = None,
+        gate: QualityGateResult | None = None,
+        scan: ScanResult | None = None,
+    ) -> None:
         super().__init__(stage, detail)
         self.detail = detail
         self.report = report
+        self.gate = gate
+        self.scan = scan
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.stage, self.detail, self.report))
+        return (type(self), (self.stage, self.detail, self.report, self.gate, self.scan))
 
 
 def find_reports(stage: Stage, workspace: Path) -> list[Path]:
@@ -107,24 +149,70 @@ def _read_reports(stage: Stage, workspace: Path, before: Snapshot) -> SuiteRepor
 
 
 def execute_stage(
-    stage: Stage, ctx: StageContext, *, log: Callable[[str], None] | None = None
+    stage: Stage,
+    ctx: StageContext,
+    *,
+    log: Callable[[str], None] | None = None,
+    upstream: Sequence[StageResult] = (),
 ) -> StageResult:
-    """Run one command stage; raise :class:`StageFailed` (with the report when there is one)."""
-    assert stage.run is not None, "parallel groups are scheduled by the flow"
+    """Run one stage of any kind; raise :class:`StageFailed` (with what it produced).
+
+    ``upstream`` holds the results of the stages this one needs, nearest last: an
+    image scan or push finds the image it works on there.
+    """
     log = log or (lambda _line: None)
+    if stage.quality_gate is not None:
+        return _quality_gate_stage(stage, ctx, log)
+    if stage.security_scan is not None:
+        return _security_scan_stage(stage, ctx, log, upstream)
+    if stage.build_image is not None:
+        return _build_image_stage(stage, ctx, log)
+    if stage.push_image is not None:
+        return _push_image_stage(stage, ctx, log, upstream)
+    assert stage.run is not None, "parallel groups are scheduled by the flow"
+    return _command_stage(stage, ctx, log)
+
+
+def _docker_client(ctx: StageContext) -> docker.DockerClient:
+    return (ctx.docker_host or DockerHost()).get_client()
+
+
+def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str], None]):  # noqa: ANN202
+    assert stage.run is not None
     cwd = inside(ctx.workspace, stage.dir)
-    env = {**ctx.env, **stage.env}
-    before = _snapshot(stage, ctx.workspace)
-    try:
-        outcome = run_commands(
+    timeout = stage.timeout or ctx.default_timeout
+    if stage.container is None:
+        return run_commands(
             stage.run,
             stage=stage.name,
             cwd=cwd,
-            env=env,
-            timeout=stage.timeout or ctx.default_timeout,
+            env={**ctx.env, **stage.env},
+            timeout=timeout,
             redactor=ctx.redactor,
             log=log,
         )
+    client = _docker_client(ctx)
+    try:
+        return run_in_container(
+            client,
+            stage.container,
+            stage.run,
+            stage=stage.name,
+            workspace=ctx.workspace,
+            cwd=cwd,
+            env={**ctx.pipeline_env, **stage.env},
+            timeout=timeout,
+            redactor=ctx.redactor,
+            log=log,
+        )
+    finally:
+        client.close()
+
+
+def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
+    before = _snapshot(stage, ctx.workspace)
+    try:
+        outcome = _run_commands_somewhere(stage, ctx, log)
     except StageFailed as failure:
         try:
             report = _read_reports(stage, ctx.workspace, before)
@@ -153,6 +241,148 @@ def execute_stage(
     )
 
 
+def _gate_verdict(phase: str, stage: Stage, log: Callable[[str], None]) -> str | None:
+    """Why a gate's phase fails the stage; None when it passes. Missing data never passes,
+    unless the stage says an undecided gate may go on (``allow_inconclusive``)."""
+    if phase == "Inconclusive" and stage.allow_inconclusive:
+        log("inconclusive, and the stage allows it (allow_inconclusive): carrying on")
+        return None
+    return {
+        "Successful": None,
+        "Failed": "failed",
+        "Inconclusive": "inconclusive (missing data never counts as a pass)",
+        "Error": "could not be evaluated",
+    }.get(phase, f"ended in unknown phase {phase!r}")
+
+
+def _quality_gate_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
+    spec = stage.quality_gate
+    assert spec is not None
+    started = time.monotonic()
+    env = {**ctx.env, **stage.env}
+    if spec.sonarqube is not None:
+        server = SonarQubeServer.load(spec.sonarqube.server)
+        ctx.redactor.add(*server.secret_values())
+        gate = run_sonarqube_gate(
+            server, spec.sonarqube, workspace=ctx.workspace, env=env, redactor=ctx.redactor, log=log
+        )
+    else:
+        assert spec.local is not None
+        gate = run_local_gate(
+            spec.local, workspace=ctx.workspace, env=env, redactor=ctx.redactor, log=log
+        )
+    verdict = _gate_verdict(gate.phase, stage, log)
+    if verdict is not None:
+        failed = "; ".join(
+            f"{c.metric} {c.actual} (limit {c.comparator} {c.threshold})"
+            for c in gate.failed_conditions
+        )
+        detail = f"quality gate {verdict}: {failed or gate.message}"
+        raise StageFailedWithReport(stage.name, detail, gate=gate)
+    return StageResult(stage.name, round(time.monotonic() - started, 3), None, gate=gate)
+
+
+def _nearest_image(upstream: Sequence[StageResult]) -> StageResult | None:
+    return next((r for r in reversed(upstream) if r.image is not None), None)
+
+
+def _security_scan_stage(
+    stage: Stage,
+    ctx: StageContext,
+    log: Callable[[str], None],
+    upstream: Sequence[StageResult],
+) -> StageResult:
+    spec = stage.security_scan
+    assert spec is not None
+    started = time.monotonic()
+    image_ref = None
+    if spec.image:
+        built = _nearest_image(upstream)
+        if built is None or built.image is None:
+            raise StageFailed(stage.name, "an image scan needs a build_image stage before it")
+        image_ref = built.image.references[0]
+    scan = run_security_scan(
+        spec,
+        workspace=ctx.workspace,
+        image_ref=image_ref,
+        policy=resolve_policy(spec),
+        today=datetime.now(UTC).date(),
+        log=log,
+    )
+    verdict = _gate_verdict(scan.phase, stage, log)
+    if verdict is not None:
+        raise StageFailedWithReport(
+            stage.name, f"security scan {verdict}: {scan.reason}", scan=scan
+        )
+    return StageResult(stage.name, round(time.monotonic() - started, 3), None, scan=scan)
+
+
+def _registry_of(spec: ImageBuildSpec, redactor: Redactor) -> DockerRegistryCredentials | None:
+    registry = registry_credentials(spec)
+    if registry is not None and registry.password is not None:
+        redactor.add(registry.password.get_secret_value())
+    return registry
+
+
+def _build_image_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
+    spec = stage.build_image
+    assert spec is not None
+    started = time.monotonic()
+    registry = _registry_of(spec, ctx.redactor) if spec.push else None
+    client = _docker_client(ctx)
+    try:
+        image = build_image(
+            client,
+            spec,
+            workspace=ctx.workspace,
+            revision=ctx.revision,
+            build_number=ctx.build_number,
+            source_url=ctx.source_url,
+            log=log,
+            created=ctx.committed_at,
+        )
+        pushed = None
+        if spec.push:
+            pushed = push_image(
+                client, image, registry=registry, registry_url=spec.registry_url, log=log
+            )
+    finally:
+        client.close()
+    return StageResult(
+        stage.name, round(time.monotonic() - started, 3), None, image=image, pushed=pushed
+    )
+
+
+def _push_image_stage(
+    stage: Stage,
+    ctx: StageContext,
+    log: Callable[[str], None],
+    upstream: Sequence[StageResult],
+) -> StageResult:
+    spec = stage.push_image
+    assert spec is not None
+    built = next((r for r in upstream if r.name == spec.from_stage), None)
+    if built is None or built.image is None:
+        raise StageFailed(
+            stage.name, f"stage {spec.from_stage!r} built no image this run (it must be needed)"
+        )
+    if ctx.build_spec_of is None or spec.from_stage not in ctx.build_spec_of:
+        raise StageFailed(stage.name, f"stage {spec.from_stage!r} is not a build_image stage")
+    build_spec = ctx.build_spec_of[spec.from_stage]
+    started = time.monotonic()
+    registry = _registry_of(build_spec, ctx.redactor)
+    client = _docker_client(ctx)
+    try:
+        pushed = push_image(
+            client, built.image, registry=registry, registry_url=build_spec.registry_url, log=log
+        )
+    finally:
+        client.close()
+    return StageResult(
+        stage.name, round(time.monotonic() - started, 3), None, image=built.image, pushed=pushed
+    )
+
+
 def cache_key(
     *,
     app: str,
@@ -177,9 +407,11 @@ def cache_key(
     return f"slipway-stage-{stage.name}-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def _run_stage(stage: Stage, ctx: StageContext, key: str | None) -> StageResult:
+def _run_stage(
+    stage: Stage, ctx: StageContext, key: str | None, upstream: Sequence[StageResult] = ()
+) -> StageResult:
     logger = get_run_logger()
-    result = execute_stage(stage, ctx, log=logger.info)
+    result = execute_stage(stage, ctx, log=logger.info, upstream=upstream)
     return StageResult(**{**result.__dict__, "cache_key": key})
 
 
@@ -211,7 +443,7 @@ def stage_task(
         "retry_delay_seconds": delays or 0,
         "timeout_seconds": timeout,
     }
-    if stage.cache:
+    if stage.cacheable:
         options.update(
             cache_key_fn=_key_from_parameters,
             cache_expiration=CACHE_EXPIRATION,

@@ -11,17 +11,57 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from slipway.example import publish_example
 from slipway.flows.pipeline import run_pipeline
+from slipway.local_docker import registry_answers, start_registry
 from tests.flows.prefect_api import artifacts, task_runs
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = {"lint", "build", "test", "unit", "integration", "manifests"}
+STAGES = {
+    "lint",
+    "build",
+    "test",
+    "unit",
+    "integration",
+    "quality",
+    "security",
+    "image",
+    "image-scan",
+    "push",
+    "manifests",
+}
+EXAMPLE_REGISTRY_PORT = 5000  # what examples/example-app/slipway.yaml pushes to
 
 
-def test_example_app_pipeline_runs_for_real_on_a_prefect_server(on_server, slipway_home):
+@pytest.fixture
+def example_registry(tmp_path) -> Iterator[str]:
+    """A real registry where the example's pipeline file pushes (reused if one answers)."""
+    host = f"127.0.0.1:{EXAMPLE_REGISTRY_PORT}"
+    proc = None
+    if not registry_answers(host):
+        proc = start_registry(tmp_path / "registry", EXAMPLE_REGISTRY_PORT)
+    yield host
+    if proc is not None:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def example_services(docker_host, example_registry, monkeypatch) -> str:
+    """The engine and registry the example's image stages use, as the main job sets them."""
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    return example_registry
+
+
+def test_example_app_pipeline_runs_for_real_on_a_prefect_server(
+    on_server, slipway_home, example_services
+):
     url = publish_example(home=slipway_home)
     state = run_pipeline(repository=url)
     report = state.result()
@@ -31,10 +71,26 @@ def test_example_app_pipeline_runs_for_real_on_a_prefect_server(on_server, slipw
     integration = report.stage("integration").tests
     assert unit is not None and unit.tests >= 10 and not unit.problems
     assert integration is not None and integration.tests >= 3 and not integration.problems
-    assert {a.path for _s, a in report.artifacts} == {
-        "dist/example-app.pyz",
-        "reports/coverage.xml",
-    }
+    archived = {a.path for _s, a in report.artifacts}
+    assert {"dist/example-app.pyz", "reports/coverage.xml"} <= archived
+    assert any(path.startswith("wheels/prometheus_client") for path in archived)
+    gate = report.stage("quality").gate
+    assert gate is not None and gate.phase == "Successful"
+    assert {c.metric for c in gate.conditions} >= {"coverage"}
+    scan = report.stage("security").scan
+    assert scan is not None and scan.phase == "Successful"
+    assert {s.tool for s in scan.scans} == {"bandit", "detect-secrets", "checkov"}
+    image_scan = report.stage("image-scan").scan
+    assert image_scan is not None and image_scan.phase == "Inconclusive"  # no trivy here
+    pushed = report.pushed_image
+    assert pushed is not None and pushed.ref.startswith(f"{example_services}/example-app@sha256:")
+    assert report.stage("image").image.labels["org.opencontainers.image.revision"] == report.sha
+    manifest = urllib.request.Request(
+        f"http://{example_services}/v2/example-app/manifests/{pushed.digest}", method="HEAD"
+    )
+    manifest.add_header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+    with urllib.request.urlopen(manifest, timeout=10) as answer:
+        assert answer.headers["Docker-Content-Digest"] == pushed.digest
 
     runs = task_runs(state.state_details.flow_run_id)
     leaf = STAGES - {"test"}
@@ -45,15 +101,26 @@ def test_example_app_pipeline_runs_for_real_on_a_prefect_server(on_server, slipw
         "example-app-pipeline-summary",
         "example-app-tests",
         "example-app-build-artifacts",
+        "example-app-quality-gate",
+        "example-app-findings-security",
+        "example-app-images",
     } <= set(found)
 
     again = run_pipeline(repository=url).result()
-    assert {s.name: s.status for s in again.stages} == dict.fromkeys(STAGES, "cached")
+    statuses = {s.name: s.status for s in again.stages}
+    # images and scans are never reused from a cache (an engine's images come and go,
+    # allowances expire); everything else is
+    fresh = {"security", "image", "image-scan", "push"}
+    assert statuses == {n: ("passed" if n in fresh else "cached") for n in STAGES}
+    assert again.pushed_image.digest == pushed.digest  # same commit, same image
 
 
-def test_readme_main_command_runs_the_example_and_says_where_to_look(prefect_server, tmp_path):
+def test_readme_main_command_runs_the_example_and_says_where_to_look(
+    prefect_server, tmp_path, example_services, docker_host
+):
     env = {
         **os.environ,
+        "DOCKER_HOST": docker_host,
         "PREFECT_API_URL": prefect_server,
         "SLIPWAY_HOME": str(tmp_path / "home"),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
@@ -72,3 +139,4 @@ def test_readme_main_command_runs_the_example_and_says_where_to_look(prefect_ser
         rf"watch it in the Prefect UI: {re.escape(base)}/runs/flow-run/[0-9a-f-]{{36}}", done.stdout
     )
     assert "example-app @" in done.stdout and ": success" in done.stdout
+    assert f"image pushed: {example_services}/example-app@sha256:" in done.stdout

@@ -347,10 +347,31 @@ def test_empty_nested_condition_is_located():
     ],
     ids=["both", "neither"],
 )
-def test_stage_needs_exactly_one_of_run_or_parallel(body):
+def test_stage_needs_exactly_one_kind(body):
     problem = only_problem("app: demo\nstages:\n  - name: a\n" + body)
     assert (problem.path, problem.line) == ("stages[0]", 3)
-    assert problem.message == "a stage needs exactly one of 'run' or 'parallel'"
+    assert problem.message.startswith(
+        "a stage needs exactly one of run, parallel, quality_gate, security_scan, "
+        "build_image, push_image"
+    )
+    assert ("found run, parallel" if "parallel" in body else "found none") in problem.message
+
+
+def test_built_in_stage_kinds_validate_their_sections():
+    problem = only_problem(
+        "app: demo\nstages:\n  - name: img\n    build_image:\n      repository: Bad Name\n"
+    )
+    assert problem.path.startswith("stages[0].build_image")
+    problem = only_problem(
+        "app: demo\nstages:\n  - name: g\n    quality_gate:\n      local: {min_coverag: 5}\n"
+    )
+    assert problem.path == "stages[0].quality_gate.local.min_coverag"
+    assert "did you mean 'min_coverage'" in problem.message
+    problem = only_problem(
+        "app: demo\nstages:\n  - name: c\n    security_scan: {code: [src]}\n"
+        "    container: {image: x}\n"
+    )
+    assert problem.message == "'container' goes with 'run' only"
 
 
 def test_parallel_groups_do_not_nest():
