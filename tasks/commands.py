@@ -8,6 +8,7 @@ logger, and the last lines are kept for the failure message.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import subprocess
@@ -95,7 +96,10 @@ def run_commands(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        reader = threading.Thread(target=_pump, args=(proc, sink, tail), daemon=True)
+        # the reader logs through the run's logger: it needs the run's context (the
+        # settings that name the API); a bare thread would start a temporary API
+        context = contextvars.copy_context()
+        reader = threading.Thread(target=context.run, args=(_pump, proc, sink, tail), daemon=True)
         reader.start()
         try:
             while proc.poll() is None:

@@ -26,6 +26,7 @@ the spec asks for the host's.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import posixpath
 import re
@@ -294,7 +295,10 @@ def run_in_container(
             )["Id"]
             output = _Output(redactor, log, tail)
             stream = client.api.exec_start(exec_id, stream=True)
-            reader = threading.Thread(target=_pump, args=(stream, output), daemon=True)
+            # the run's context goes along: the log callback needs the run's settings
+            reader = threading.Thread(
+                target=contextvars.copy_context().run, args=(_pump, stream, output), daemon=True
+            )
             reader.start()
             # Short joins: Prefect's timeout or cancellation arrives as an exception in
             # this thread, and only between bytecodes, never inside one long join.

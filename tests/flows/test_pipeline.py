@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -430,3 +431,94 @@ def test_pipeline_notifies_slack_on_failure_and_success_without_secrets(git_remo
         "not delivered" in logs(still_state.state_details.flow_run_id).lower()
     )
     assert ok.status == "success"
+
+
+def test_quality_gate_stage_fails_with_each_failed_condition(git_remote):
+    coverage = (
+        '<?xml version="1.0" ?><coverage version="7.0" line-rate="0.5" branch-rate="0" '
+        'lines-covered="5" lines-valid="10"><packages/></coverage>'
+    )
+    _bare, url = git_remote(
+        {
+            "reports/coverage.xml": coverage,
+            "slipway.yaml": spec(
+                """
+                app: demo
+                stages:
+                  - name: quality
+                    quality_gate:
+                      local: {coverage: reports/coverage.xml, min_coverage: 90}
+                  - name: after
+                    run: echo never
+                """
+            ),
+        }
+    )
+    state, report = run(url)
+    assert state.is_failed()
+    quality = report.stage("quality")
+    assert quality.status == "failed" and quality.gate is not None
+    assert quality.gate.phase == "Failed"
+    assert "quality gate failed: coverage 50" in quality.reason and "90" in quality.reason
+    assert report.stage("after").status == "not-run"
+    rows = artifacts(state.state_details.flow_run_id)["demo-quality-gate"].data
+    assert "coverage" in str(rows) and "90" in str(rows)
+
+
+def test_gate_with_missing_data_fails_unless_the_stage_allows_inconclusive(git_remote):
+    _bare, url = git_remote(
+        {
+            "slipway.yaml": spec(
+                """
+                app: demo
+                stages:
+                  - name: strict
+                    needs: []
+                    quality_gate: {local: {coverage: missing.xml}}
+                  - name: lenient
+                    needs: []
+                    allow_inconclusive: true
+                    quality_gate: {local: {coverage: missing.xml}}
+                """
+            )
+        }
+    )
+    _state, report = run(url)
+    assert report.stage("strict").status == "failed"
+    assert "inconclusive" in report.stage("strict").reason
+    assert report.stage("lenient").status == "passed"
+    assert report.stage("lenient").gate.phase == "Inconclusive"
+
+
+@pytest.mark.usefixtures("docker_host")
+def test_a_stage_runs_in_a_container_with_its_reports_read_on_the_host(
+    git_remote, docker_host, monkeypatch
+):
+    from tests.servers.docker_engine import BASE_IMAGE
+
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    junit = (
+        '<testsuite name="c" tests="1"><testcase classname="box" name="t" time="0.1"/></testsuite>'
+    )
+    _bare, url = git_remote(
+        {
+            "slipway.yaml": spec(
+                f"""
+                app: demo
+                env: {{GREETING: hello}}
+                stages:
+                  - name: boxed
+                    container: {{image: "{BASE_IMAGE}"}}
+                    run:
+                      - test "$GREETING" = hello && test -n "$SLIPWAY_COMMIT"
+                      - test ! -e /etc/hostname-of-the-worker-{os.getpid()}
+                      - mkdir -p r && echo '{junit}' > r/c.xml && python3 --version
+                    junit: r/c.xml
+                """
+            )
+        }
+    )
+    state, report = run(url)
+    assert state.is_completed(), state.message
+    boxed = report.stage("boxed")
+    assert boxed.tests is not None and boxed.tests.count("passed") == 1

@@ -495,3 +495,11 @@ def test_cli_validate_bad_file_prints_the_same_lines(tmp_path: Path):
     printed = [line.strip() for line in result.stderr.splitlines()]
     assert printed[0] == "invalid pipeline file bad.yaml (2 problems):"
     assert printed[1:] == expected
+
+
+def test_push_image_must_name_a_build_image_stage():
+    problem = only_problem(
+        "app: demo\nstages:\n  - name: b\n    run: x\n  - name: p\n    push_image: {from: b}\n"
+    )
+    assert problem.path == "stages[1].push_image.from"
+    assert problem.message == "'b' is not a build_image stage"
