@@ -12,7 +12,7 @@ import logging
 import re
 import shutil
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from pydantic import Field
 
 from slipway.blocks.git import AppRepository
 from slipway.blocks.notifications import SlackNotifier
+from slipway.blocks.security_policy import SecurityPolicy
 from slipway.conditions import ConditionContext, evaluate
 from slipway.exceptions import SlipwayError, StageFailed
 from slipway.flows.scheduler import Decision, StageWalker
@@ -120,6 +121,17 @@ def _decider(pipeline: Pipeline, overrides: PipelineOverrides, ctx: ConditionCon
     return decide
 
 
+async def _cache_inputs(stage: Stage) -> dict[str, Any] | None:
+    """What a built-in stage depends on beyond its spec: a scan's policy and the day."""
+    scan = stage.security_scan
+    if scan is None:
+        return None
+    policy = (
+        (await SecurityPolicy.aload(scan.policy)).model_dump(mode="json") if scan.policy else None
+    )
+    return {"day": datetime.now(UTC).date().isoformat(), "policy": policy}
+
+
 async def _run_stages(
     pipeline: Pipeline,
     walker: StageWalker,
@@ -163,6 +175,7 @@ async def _run_stages(
             )
         slots = pipeline.max_parallel - walker.running
         for stage in walker.take(max(slots, 0)):
+            extra = await _cache_inputs(stage) if stage.cacheable else None
             key = cache_key(
                 app=pipeline.app,
                 sha=checkout_result.sha,
@@ -170,6 +183,7 @@ async def _run_stages(
                 stage=stage,
                 env=pipeline_env,
                 upstream=upstream_keys(stage),
+                extra=extra,
             )
             stage_run = stage_task(
                 stage,
@@ -220,6 +234,7 @@ async def _run_stages(
                         result.scan,
                         result.image,
                         result.pushed,
+                        result.seconds,
                     )
                 )
             else:

@@ -39,6 +39,9 @@ class StageOutcome:
     scan: ScanResult | None = None
     image: LocalImage | None = None
     pushed: BuiltImage | None = None
+    # the stage's own work (its commands, the build, the scan) without orchestration;
+    # ``seconds`` is the wall time from submission to end
+    own_seconds: float | None = None
 
     @property
     def ok(self) -> bool:

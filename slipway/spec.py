@@ -178,7 +178,10 @@ class Stage(StrictModel):
 
     @property
     def cacheable(self) -> bool:
-        """Images live in an engine, scans depend on the day's allowances: never reused."""
+        """Images live in an engine and are never reused from a cache; a code scan is
+        reused only on the same day under the same policy (allowances expire)."""
+        if self.security_scan is not None:
+            return self.cache and not self.security_scan.image
         return self.cache and self.kind in ("run", "quality_gate")
 
 

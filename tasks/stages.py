@@ -391,8 +391,10 @@ def cache_key(
     stage: Stage,
     env: Mapping[str, str],
     upstream: list[str],
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """What a stage's result depends on: commit, ref, its spec, env and upstream keys."""
+    """What a stage's result depends on: commit, ref, its spec, env and upstream keys
+    (plus ``extra``: what a built-in stage also depends on, e.g. a scan's policy and day)."""
     material = json.dumps(
         {
             "app": app,
@@ -401,6 +403,7 @@ def cache_key(
             "stage": stage.model_dump(mode="json", by_alias=True, exclude_none=True),
             "env": dict(sorted(env.items())),
             "upstream": sorted(upstream),
+            "extra": dict(extra or {}),
         },
         sort_keys=True,
     )
