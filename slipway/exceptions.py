@@ -6,7 +6,10 @@ whether trying again can help, so retry policies and people can decide quickly::
     SlipwayError
     ├── ConfigError (ValueError)          bad input: fix the file or the parameter
     │   ├── SpecError                     pipeline file invalid (lists every problem)
-    │   └── UnsafeInputError              a ref, path or name that could escape or inject
+    │   ├── UnsafeInputError              a ref, path or name that could escape or inject
+    │   ├── BranchNotAllowed              this branch may not reach that environment
+    │   ├── SuspendNotSupported           suspend needs a run started from a deployment
+    │   └── ApprovalInputRefused          a decision that does not fit the approval form
     ├── PermanentError                    retrying the same thing gives the same answer
     │   ├── CheckoutError                 ref missing, authentication refused
     │   ├── StageFailed                   a command exited non-zero
@@ -21,9 +24,11 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   ├── ScannerUnavailable            a scanner cannot run here (skipped)
     │   ├── ImageBuildError               a Dockerfile step or the engine failed
     │   │   └── ImageBuildTimeout         the build ran past its timeout
-    │   └── RegistryError                 credentials refused, unknown host, denied
+    │   ├── RegistryError                 credentials refused, unknown host, denied
+    │   └── ApprovalClosed                the run asking for approval has ended
     └── TemporaryError                    a retry may succeed (network, busy server)
-        └── RemoteUnavailable             a server could not be reached
+        ├── RemoteUnavailable             a server could not be reached
+        └── ApprovalNotDelivered          the run did not pause for the decision in time
 
 Third-party errors (git, HTTP, docker) are translated once, where they are raised,
 with ``raise ... from exc`` and a short message that never holds a secret.
@@ -151,3 +156,23 @@ class ScannerError(PermanentError):
 
 class ScannerUnavailable(PermanentError):
     """A scanner cannot run here at all (not installed, nothing to scan); the scan skips it."""
+
+
+class BranchNotAllowed(ConfigError):
+    """The branch may not reach the environment under its approval policy."""
+
+
+class SuspendNotSupported(ConfigError):
+    """The run cannot be suspended: it was not started from a deployment."""
+
+
+class ApprovalInputRefused(ConfigError):
+    """The server refused the decision as input (it does not match the form)."""
+
+
+class ApprovalClosed(PermanentError):
+    """The run can no longer take a decision: it ended, or its pause timed out."""
+
+
+class ApprovalNotDelivered(TemporaryError):
+    """The run did not wait for a decision within approve_run's timeout."""

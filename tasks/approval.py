@@ -70,7 +70,13 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 
 from slipway.blocks.approval import EnvironmentApproval
-from slipway.exceptions import ConfigError, PermanentError, TemporaryError
+from slipway.exceptions import (
+    ApprovalClosed,
+    ApprovalInputRefused,
+    ApprovalNotDelivered,
+    BranchNotAllowed,
+    SuspendNotSupported,
+)
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 DecisionName = Literal["approved", "rejected", "timed-out", "refused"]
@@ -84,26 +90,6 @@ _SCHEMA_NOT_SAVED = "schema not found"
 
 
 # --- errors ----------------------------------------------------------------------
-
-
-class BranchNotAllowed(ConfigError):
-    """The branch may not reach the environment under its approval policy."""
-
-
-class SuspendNotSupported(ConfigError):
-    """The run cannot be suspended: it was not started from a deployment."""
-
-
-class ApprovalInputRefused(ConfigError):
-    """The server refused the decision as input (it does not match the form)."""
-
-
-class ApprovalClosed(PermanentError):
-    """The run can no longer take a decision: it ended, or its pause timed out."""
-
-
-class ApprovalNotDelivered(TemporaryError):
-    """The run did not wait for a decision within approve_run's timeout."""
 
 
 # --- the form and the record -------------------------------------------------------
