@@ -25,10 +25,13 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   ├── ImageBuildError               a Dockerfile step or the engine failed
     │   │   └── ImageBuildTimeout         the build ran past its timeout
     │   ├── RegistryError                 credentials refused, unknown host, denied
-    │   └── ApprovalClosed                the run asking for approval has ended
+    │   ├── ApprovalClosed                the run asking for approval has ended
+    │   ├── ManifestRepoError             the manifests repo refused (auth, branch, hook)
+    │   └── RevertConflict                a revert collides with later changes
     └── TemporaryError                    a retry may succeed (network, busy server)
         ├── RemoteUnavailable             a server could not be reached
-        └── ApprovalNotDelivered          the run did not pause for the decision in time
+        ├── ApprovalNotDelivered          the run did not pause for the decision in time
+        └── PushContention                every push lost the race to other pushers
 
 Third-party errors (git, HTTP, docker) are translated once, where they are raised,
 with ``raise ... from exc`` and a short message that never holds a secret.
@@ -176,3 +179,15 @@ class ApprovalClosed(PermanentError):
 
 class ApprovalNotDelivered(TemporaryError):
     """The run did not wait for a decision within approve_run's timeout."""
+
+
+class ManifestRepoError(PermanentError):
+    """git refused: authentication, a missing branch, a hook or a protected branch."""
+
+
+class RevertConflict(PermanentError):
+    """A revert collides with later changes to the same lines; a person must decide."""
+
+
+class PushContention(TemporaryError):
+    """Every attempt lost the race to other pushers; a later retry may get through."""

@@ -79,7 +79,9 @@ from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.exceptions import (
     CheckoutError,
     ConfigError,
-    PermanentError,
+    ManifestRepoError,
+    PushContention,
+    RevertConflict,
     TemporaryError,
     UnsafeInputError,
 )
@@ -126,18 +128,6 @@ _MAX_IMAGE_LENGTH = 400
 # ----------------------------------------------------------------------------- errors
 # These belong in slipway/exceptions.py's tree (PermanentError / TemporaryError
 # branches); they live here until that module is next edited.
-
-
-class ManifestRepoError(PermanentError):
-    """git refused: authentication, a missing branch, a hook or a protected branch."""
-
-
-class RevertConflict(PermanentError):
-    """A revert collides with later changes to the same lines; a person must decide."""
-
-
-class PushContention(TemporaryError):
-    """Every attempt lost the race to other pushers; a later retry may get through."""
 
 
 # ----------------------------------------------------------------------------- results
