@@ -366,6 +366,27 @@ def _secret_severity(kind: str) -> Severity:
     return "MEDIUM" if kind in _HEURISTIC_SECRET_TYPES else "HIGH"
 
 
+def _detect_secrets_config() -> dict[str, Any]:
+    """Every built-in plugin and detect-secrets' default filters, but the allowlist.
+
+    Written out in full (a baseline's ``plugins_used`` and ``filters_used``) so that
+    each scan runs the same configuration whatever ran before it in the process.
+    """
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.settings import Settings
+
+    plugins = sorted(
+        cls.__name__
+        for cls in get_mapping_from_secret_type_to_class().values()
+        if cls.__module__.startswith("detect_secrets.plugins.")  # no custom plugin files
+    )
+    filters = sorted(set(Settings().filters) - Settings.DEFAULT_FILTERS - {_ALLOWLIST_FILTER})
+    return {
+        "plugins_used": [{"name": name} for name in plugins],
+        "filters_used": [{"path": path} for path in filters],
+    }
+
+
 def scan_secrets(workspace: Path) -> list[Finding]:
     """detect-secrets over every text file of the workspace; values are never kept.
 
@@ -373,7 +394,8 @@ def scan_secrets(workspace: Path) -> list[Finding]:
     forks a process pool, which a worker thread of a Prefect flow should not do.
     """
     from detect_secrets import SecretsCollection
-    from detect_secrets.settings import default_settings
+    from detect_secrets.core import scan
+    from detect_secrets.settings import transient_settings
 
     files = [
         path.relative_to(workspace).as_posix()
@@ -381,13 +403,19 @@ def scan_secrets(workspace: Path) -> list[Finding]:
         if not _is_binary(path)
     ]
     found: list[tuple[str, str, int]] = []
-    with _DETECT_SECRETS_LOCK, default_settings() as settings:
-        settings.disable_filters(_ALLOWLIST_FILTER)
-        collection = SecretsCollection(root=str(workspace))
-        for relative in files:
-            collection.scan_file(relative)
-        for filename, secret in collection:
-            found.append((str(filename), str(secret.type), int(secret.line_number or 0)))
+    with _DETECT_SECRETS_LOCK:
+        # The whole configuration is given (transient_settings starts from a fresh
+        # Settings and clears the plugin and filter caches), never patched after the
+        # fact: whatever an earlier scan or caller left in detect-secrets' globals
+        # does not carry over, and the caller's settings come back afterwards.
+        scan.read_raw_lines.cache_clear()  # keyed by path: may hold a file's old text
+        with transient_settings(_detect_secrets_config()):
+            collection = SecretsCollection(root=str(workspace))
+            for relative in files:
+                collection.scan_file(relative)
+            for filename, secret in collection:
+                found.append((str(filename), str(secret.type), int(secret.line_number or 0)))
+        scan.read_raw_lines.cache_clear()
     return [
         Finding(
             tool="detect-secrets",

@@ -9,11 +9,13 @@ documented JSON schema, and the live call is skipped with the reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
 import shutil
 import string
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from slipway.tasks.security_scan import (
     run_security_scan,
     scan_image,
     scan_markdown,
+    scan_secrets,
     security_scan,
 )
 
@@ -54,7 +57,9 @@ AWS_KEY_ID_ALLOWLISTED = "AKIA" + "".join(secrets.choice(_KEY_CHARS) for _ in ra
 AWS_KEY_ID_IN_BINARY = "AKIA" + "".join(secrets.choice(_KEY_CHARS) for _ in range(16))
 AWS_KEY_ID_IN_GIT = "AKIA" + "".join(secrets.choice(_KEY_CHARS) for _ in range(16))
 AWS_SECRET_KEY = secrets.token_urlsafe(30)[:40]
-PRIVATE_KEY_BODY = secrets.token_urlsafe(48)
+# A PEM body is standard base64. (URL-safe base64 has '-' and '_', which detect-secrets'
+# private-key pattern does not take: one in the first 9 characters hid the key.)
+PRIVATE_KEY_BODY = base64.b64encode(secrets.token_bytes(48)).decode()
 PRIVATE_KEY = "\n".join(
     ["-----BEGIN " + "RSA PRIVATE KEY-----", PRIVATE_KEY_BODY, "-----END RSA PRIVATE KEY-----"]
 )
@@ -247,6 +252,34 @@ def test_planted_problems_fail_the_scan(planted_scan: tuple[ScanResult, list[str
         ("checkov", "CKV_DOCKER_8"),
     }
     assert all(s.status == "ran" for s in result.scans)
+
+
+def test_each_secret_scan_starts_from_the_same_configuration(
+    example_workspace: Path, tmp_path: Path
+) -> None:
+    """A scan in a worker thread (as in a flow), then one under settings a caller
+    left behind: the second still runs every plugin and hands the settings back."""
+    from detect_secrets.settings import get_settings, transient_settings
+
+    ws = tmp_path / "key"
+    (ws / "deploy").mkdir(parents=True)
+    (ws / "deploy/id_rsa").write_text(PRIVATE_KEY + "\n")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(scan_secrets, example_workspace).result() == []
+    leftover = {
+        "plugins_used": [{"name": "AWSKeyDetector"}],
+        "filters_used": [
+            {"path": "detect_secrets.filters.regex.should_exclude_file", "pattern": ["id_rsa"]}
+        ],
+    }
+
+    with transient_settings(leftover):
+        found = scan_secrets(ws)
+        assert list(get_settings().plugins) == ["AWSKeyDetector"]
+        assert "detect_secrets.filters.regex.should_exclude_file" in get_settings().filters
+
+    assert [(f.rule, f.file, f.line) for f in found] == [("Private Key", "deploy/id_rsa", 2)]
+    assert [(f.rule, f.file) for f in scan_secrets(ws)] == [("Private Key", "deploy/id_rsa")]
 
 
 def test_bandit_finds_shell_true_and_yaml_load(
