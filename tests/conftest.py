@@ -31,7 +31,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from tests.servers.git_http import commit_files, make_bare_repo  # noqa: E402
 
-pytest_plugins = ["tests.servers.docker_engine"]
+pytest_plugins = ["tests.servers.docker_engine", "tests.servers.kube_api"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
