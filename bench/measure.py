@@ -423,7 +423,8 @@ def measure_cached(
 
 def docker_stages(spec_file: Path = EXAMPLE_DIR / "slipway.yaml") -> list[str]:
     """The example's stages that need a Docker engine or a registry (image build, image
-    scan, push): the benchmark starts neither, so it skips them and says so."""
+    scan, push): never cached, they would dominate the cached re-run and the memory run,
+    which skip them and say so; ``bench.images`` measures them."""
     found = []
     for stage in load_pipeline(spec_file, display_name="slipway.yaml").all_stages():
         keys = stage.model_dump(exclude_none=True)

@@ -4,7 +4,9 @@ Run with ``bench/run`` (or ``python -m bench.pipeline_overhead`` inside the
 project's virtualenv, from the repository root). It starts its own
 ``prefect server`` (SQLite, temporary PREFECT_HOME, free port), gives every
 pipeline run a fresh SLIPWAY_HOME and result store (except the cached re-runs,
-which reuse the first run's), and writes ``bench/results/latest.json`` and
+which reuse the first run's), then measures the example app's image build and
+push and its whole CI flow against its critical path on a real Docker engine and
+registry (:mod:`bench.images`), and writes ``bench/results/latest.json`` and
 ``bench/results/latest.md``. Prefect's own log output goes to
 ``bench/results/bench-log.tmp`` (git-ignored).
 """
@@ -60,6 +62,7 @@ from bench.harness import (  # noqa: E402
     server_peak_rss_kb,
     server_retryable_errors,
 )
+from bench.images import measure_images  # noqa: E402
 from bench.judge import judge  # noqa: E402
 from bench.markdown import render_markdown  # noqa: E402
 from bench.measure import (  # noqa: E402
@@ -121,6 +124,7 @@ def run_all(data: dict[str, Any], out: TextIO, log: TextIO, retries: ClientRetri
         bench.say(
             f"peak RSS of the example pipeline process: {data['memory']['process_peak_mb']} MB"
         )
+        data["images"] = measure_images(bench, _SCRATCH / "images", publish_example)
         data["api"]["server_retryable_errors"] = server_retryable_errors(server)
         data["client_retries"] = bench.stall_report()
     data["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
