@@ -11,11 +11,12 @@ unwrapped in :meth:`PrometheusServer.get_client` and, for the run's redactor, in
 from __future__ import annotations
 
 import base64
-from urllib.parse import urlsplit
 
 import httpx
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from slipway.urls import check_server_url
 
 _PROMETHEUS_LOGO = "https://github.com/prometheus.png?size=200"
 _DOCS = "https://prometheus.io/docs/prometheus/latest/querying/api/"
@@ -85,14 +86,7 @@ class PrometheusServer(Block):
     @field_validator("url")
     @classmethod
     def _http_url_without_credentials(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("url must be an absolute http:// or https:// URL")
-        if "@" in parts.netloc:
-            raise ValueError("the URL carries credentials; use username/password instead")
-        if parts.query or parts.fragment:
-            raise ValueError("url must not have a query or a fragment")
-        return value.rstrip("/")
+        return check_server_url(value, credentials_hint="use username/password instead")
 
     @field_validator("bearer_token", "password")
     @classmethod

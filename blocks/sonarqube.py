@@ -11,11 +11,12 @@ The block holds configuration and hands out clients, never gate logic (that live
 from __future__ import annotations
 
 import base64
-from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 from sonarqube import SonarQubeClient
+
+from slipway.urls import check_server_url
 
 _SONAR_LOGO = "https://github.com/SonarSource.png?size=200"
 _DOCS = "https://docs.sonarsource.com/sonarqube-server/latest/extension-guide/web-api/"
@@ -80,14 +81,7 @@ class SonarQubeServer(Block):
     @field_validator("url")
     @classmethod
     def _http_url_without_credentials(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("url must be an absolute http:// or https:// URL")
-        if "@" in parts.netloc:
-            raise ValueError("the URL carries credentials; put the token in 'token' instead")
-        if parts.query or parts.fragment:
-            raise ValueError("url must not have a query or a fragment")
-        return value.rstrip("/")
+        return check_server_url(value, credentials_hint="put the token in 'token' instead")
 
     @field_validator("token")
     @classmethod
