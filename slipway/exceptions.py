@@ -191,3 +191,18 @@ class RevertConflict(PermanentError):
 
 class PushContention(TemporaryError):
     """Every attempt lost the race to other pushers; a later retry may get through."""
+
+
+def retry_temporary_errors(task: object, task_run: object, state: object) -> bool:
+    """A Prefect ``retry_condition_fn``: retry what the tree calls temporary, nothing else.
+
+    A wrong ref, password or gate will not get better on a second try; a lost push
+    race or an unreachable server may.
+    """
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except TemporaryError:
+        return True
+    except Exception:
+        return False
+    return False

@@ -21,7 +21,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from slipway.blocks.git import GitRemote
-from slipway.exceptions import CheckoutError, RemoteUnavailable, UnsafeInputError
+from slipway.exceptions import (
+    CheckoutError,
+    RemoteUnavailable,
+    UnsafeInputError,
+    retry_temporary_errors,
+)
 from slipway.redact import Redactor
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -198,22 +203,11 @@ def checkout_repo(
     )
 
 
-def _retry_when_temporary(task: object, task_run: object, state: object) -> bool:
-    """Retry network trouble only: a wrong ref or password will not get better."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except RemoteUnavailable:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 checkout = task(
     checkout_repo,
     name="checkout",
     retries=2,
     retry_delay_seconds=[2, 10],
-    retry_condition_fn=_retry_when_temporary,
+    retry_condition_fn=retry_temporary_errors,
     cache_policy=NO_CACHE,  # a checkout is always fresh; its inputs hold the redactor
 )

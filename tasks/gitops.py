@@ -82,8 +82,8 @@ from slipway.exceptions import (
     ManifestRepoError,
     PushContention,
     RevertConflict,
-    TemporaryError,
     UnsafeInputError,
+    retry_temporary_errors,
 )
 from slipway.redact import Redactor
 from slipway.spec_types import NAME_PATTERN
@@ -979,22 +979,11 @@ def revert_bump(
 # ----------------------------------------------------------------------------- Prefect tasks
 
 
-def _retry_when_temporary(task: object, task_run: object, state: object) -> bool:
-    """Retry lost push races and network trouble; bad input or a refusal will not change."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except TemporaryError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="bump_manifest",
     retries=2,
     retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_when_temporary,
+    retry_condition_fn=retry_temporary_errors,
     timeout_seconds=600,
     cache_policy=NO_CACHE,  # a bump is a write; its inputs hold the redactor
 )
@@ -1031,7 +1020,7 @@ def bump_manifest(
     name="revert_manifest",
     retries=2,
     retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_when_temporary,
+    retry_condition_fn=retry_temporary_errors,
     timeout_seconds=600,
     cache_policy=NO_CACHE,
 )

@@ -80,6 +80,7 @@ from slipway.exceptions import (
     StageFailed,
     StageTimeout,
     UnsafeInputError,
+    retry_temporary_errors,
 )
 from slipway.redact import Redactor
 from slipway.spec_types import RelPath, StrictModel, StrList
@@ -938,17 +939,6 @@ def evaluate_quality_gate(
     return result
 
 
-def _retry_when_unreachable(task: object, task_run: object, state: object) -> bool:
-    """Retry only an unreachable server: a failed gate or a bad token is final."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except RemoteUnavailable:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 quality_gate = task(
     evaluate_quality_gate,
     name="quality-gate",
@@ -956,7 +946,7 @@ quality_gate = task(
     # RemoteUnavailable is, once (see _retry_when_unreachable).
     retries=1,
     retry_delay_seconds=10,
-    retry_condition_fn=_retry_when_unreachable,
+    retry_condition_fn=retry_temporary_errors,
     # the inputs hold the run's redactor (secrets); a gate is cheap next to a wrong verdict
     cache_policy=NO_CACHE,
 )

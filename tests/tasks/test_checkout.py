@@ -13,7 +13,8 @@ import pytest
 
 from slipway.blocks.git import AppRepository, GitRemote
 from slipway.exceptions import CheckoutError, RemoteUnavailable, UnsafeInputError
-from slipway.tasks.checkout import _retry_when_temporary, checkout_repo, validate_ref
+from slipway.exceptions import retry_temporary_errors as _retry_when_temporary
+from slipway.tasks.checkout import checkout_repo, validate_ref
 from tests.servers.git_http import GitHttpServer, commit_files, git_executable, make_bare_repo
 
 USER = "ci-bot"

@@ -31,6 +31,7 @@ from slipway.exceptions import (
     ReportError,
     StageFailed,
     UnsafeInputError,
+    retry_temporary_errors,
 )
 from slipway.redact import Redactor
 from slipway.tasks.quality_gate import (
@@ -43,7 +44,6 @@ from slipway.tasks.quality_gate import (
     QualityGateSpec,
     ScannerReportError,
     SonarQubeGateSpec,
-    _retry_when_unreachable,
     gate_markdown,
     gate_rows,
     parse_properties,
@@ -748,9 +748,9 @@ def test_coverage_report_symlinked_outside_the_workspace_is_refused(
 
 
 def test_retry_condition_retries_only_an_unreachable_server() -> None:
-    assert _retry_when_unreachable(None, None, Failed(data=RemoteUnavailable("down")))
-    assert not _retry_when_unreachable(None, None, Failed(data=GateAuthError("401")))
-    assert not _retry_when_unreachable(None, None, Failed(data=GateTimeout("slow")))
+    assert retry_temporary_errors(None, None, Failed(data=RemoteUnavailable("down")))
+    assert not retry_temporary_errors(None, None, Failed(data=GateAuthError("401")))
+    assert not retry_temporary_errors(None, None, Failed(data=GateTimeout("slow")))
 
 
 def test_task_retries_an_unreachable_server_once(
