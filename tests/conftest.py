@@ -112,11 +112,24 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
 
 
+def _restart_event_and_log_workers() -> None:
+    """Prefect's events and log workers are per-process singletons bound to the API URL
+    they first saw; a test switching APIs (harness -> real server) drains them so the
+    next ones bind to the current URL. A production process talks to one API only."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all()
+    APILogWorker.drain_all()
+
+
 @pytest.fixture
 def on_server(prefect_server: str, isolated_results: Path) -> Iterator[str]:
     """Point this test's Prefect client at the real server."""
+    _restart_event_and_log_workers()
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         yield prefect_server
+        _restart_event_and_log_workers()
 
 
 PYTHON = sys.executable

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -17,12 +19,34 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.logging.handlers import APILogHandler
 
 
-def task_runs(flow_run_id: UUID) -> dict[str, TaskRun]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {run.name: run for run in runs}
+def _has(runs: dict[str, TaskRun], name: str) -> bool:
+    """``name`` is there in a final state; ``prefix*`` matches Prefect's suffixed names."""
+    if name.endswith("*"):
+        found = [r for n, r in runs.items() if n.startswith(name[:-1])]
+    else:
+        found = [runs[name]] if name in runs else []
+    return any(r.state is not None and r.state.is_final() for r in found)
+
+
+def task_runs(
+    flow_run_id: UUID, expect: Iterable[str] = (), timeout: float = 30.0
+) -> dict[str, TaskRun]:
+    """The flow run's task runs by name, once every ``expect``ed one is recorded.
+
+    Prefect 3 reports task runs to the server through events that it records
+    asynchronously, so right after a flow ends they may not all be readable yet.
+    """
+    wanted = list(expect)
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            found = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        runs = {run.name: run for run in found}
+        if all(_has(runs, name) for name in wanted) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.25)
 
 
 def artifacts(flow_run_id: UUID) -> dict[str, object]:
