@@ -7,7 +7,6 @@ is Prefect's own test harness or a real ``prefect server`` process.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from prefect.settings import (  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from tests.servers.git_http import commit_files, make_bare_repo  # noqa: E402
+from tests.servers.ports import free_port  # noqa: E402
 
 pytest_plugins = ["tests.servers.docker_engine", "tests.servers.kube_api"]
 
@@ -81,12 +81,6 @@ def isolated_results(tmp_path: Path) -> Iterator[Path]:
 def flow_env(prefect_harness: None, isolated_results: Path) -> Path:
     """What a flow test needs: the harness API and its own result store."""
     return isolated_results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,6 @@ that silently stopped running.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -47,6 +46,7 @@ from slipway.local_docker import (
     require,
     start_registry,
 )
+from tests.servers.ports import free_port  # noqa: F401  (re-exported)
 
 __all__ = ["BASE_IMAGE"]
 T = TypeVar("T")
@@ -88,12 +88,6 @@ def docker_block(docker_host: str) -> DockerHost:
 def docker_client(docker_block: DockerHost) -> Iterator[docker.DockerClient]:
     with docker_block.get_client() as client:
         yield client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -76,14 +76,20 @@ def _isolated_git_env(extra_config: Mapping[str, str] | None = None) -> dict[str
     return env
 
 
-def _git(args: list[str], *, env: Mapping[str, str] | None = None, input: bytes | None = None,
-         check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def _git(
+    args: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
     """Run git with an argv list (never a shell) in the isolated environment."""
     full_env = _isolated_git_env()
     if env:
         full_env.update(env)
-    return subprocess.run([git_executable(), *args], input=input, env=full_env,
-                          capture_output=True, check=check)
+    return subprocess.run(
+        [git_executable(), *args], input=input, env=full_env, capture_output=True, check=check
+    )
 
 
 def _inside(root: Path, name: str) -> Path:
@@ -106,8 +112,13 @@ def make_bare_repo(root: Path, name: str, *, initial_branch: str = "main") -> Pa
     return path
 
 
-def commit_files(repo: Path, files: Mapping[str, str | bytes | None], message: str = "commit",
-                 *, branch: str = "main") -> str:
+def commit_files(
+    repo: Path,
+    files: Mapping[str, str | bytes | None],
+    message: str = "commit",
+    *,
+    branch: str = "main",
+) -> str:
     """Commit ``files`` (path -> content, ``None`` deletes) on ``branch`` of ``repo``; return SHA.
 
     Works directly on a bare repository with plumbing and a temporary index, so fixtures can
@@ -117,8 +128,18 @@ def commit_files(repo: Path, files: Mapping[str, str | bytes | None], message: s
     git_dir = ["--git-dir", str(repo)]
     ref = f"refs/heads/{branch}"
     _git([*git_dir, "check-ref-format", ref])
-    listed = _git([*git_dir, "for-each-ref", "--format=%(refname) %(objectname) "
-                   "%(committerdate:unix)", ref]).stdout.decode().split("\n")
+    listed = (
+        _git(
+            [
+                *git_dir,
+                "for-each-ref",
+                "--format=%(refname) %(objectname) %(committerdate:unix)",
+                ref,
+            ]
+        )
+        .stdout.decode()
+        .split("\n")
+    )
     parent, when = None, 1_700_000_000
     for line in listed:
         name, _, rest = line.partition(" ")
@@ -128,9 +149,12 @@ def commit_files(repo: Path, files: Mapping[str, str | bytes | None], message: s
     with tempfile.TemporaryDirectory(prefix="slipway-index-") as tmp:
         env = {
             "GIT_INDEX_FILE": str(Path(tmp) / "index"),
-            "GIT_AUTHOR_NAME": "Slipway Test", "GIT_AUTHOR_EMAIL": "test@slipway.invalid",
-            "GIT_COMMITTER_NAME": "Slipway Test", "GIT_COMMITTER_EMAIL": "test@slipway.invalid",
-            "GIT_AUTHOR_DATE": f"{when} +0000", "GIT_COMMITTER_DATE": f"{when} +0000",
+            "GIT_AUTHOR_NAME": "Slipway Test",
+            "GIT_AUTHOR_EMAIL": "test@slipway.invalid",
+            "GIT_COMMITTER_NAME": "Slipway Test",
+            "GIT_COMMITTER_EMAIL": "test@slipway.invalid",
+            "GIT_AUTHOR_DATE": f"{when} +0000",
+            "GIT_COMMITTER_DATE": f"{when} +0000",
         }
         if parent:
             _git([*git_dir, "read-tree", parent], env=env)
@@ -146,8 +170,15 @@ def commit_files(repo: Path, files: Mapping[str, str | bytes | None], message: s
         _git([*git_dir, "update-index", "-z", "--index-info"], env=env, input=index_info)
         tree = _git([*git_dir, "write-tree"], env=env).stdout.decode().strip()
         parent_args = ["-p", parent] if parent else []
-        commit = _git([*git_dir, "commit-tree", tree, *parent_args, "-F", "-"], env=env,
-                      input=message.encode()).stdout.decode().strip()
+        commit = (
+            _git(
+                [*git_dir, "commit-tree", tree, *parent_args, "-F", "-"],
+                env=env,
+                input=message.encode(),
+            )
+            .stdout.decode()
+            .strip()
+        )
     _git([*git_dir, "update-ref", ref, commit, parent or _ZERO_OID])
     return commit
 
@@ -233,12 +264,18 @@ class _Handler(BaseHTTPRequestHandler):
             yield data
 
     def _record(self, status: int, auth: str, user: str | None) -> None:
-        self.server.owner._record(RequestRecord(
-            method=self.command, path=self.path, status=status, auth=auth, user=user,
-            git_protocol=self.headers.get("Git-Protocol"),
-            content_encoding=self.headers.get("Content-Encoding"),
-            chunked=self._is_chunked(),
-        ))
+        self.server.owner._record(
+            RequestRecord(
+                method=self.command,
+                path=self.path,
+                status=status,
+                auth=auth,
+                user=user,
+                git_protocol=self.headers.get("Git-Protocol"),
+                content_encoding=self.headers.get("Content-Encoding"),
+                chunked=self._is_chunked(),
+            )
+        )
 
     # -- response side ----------------------------------------------------------------------
     def _serve(self) -> None:
@@ -260,33 +297,42 @@ class _Handler(BaseHTTPRequestHandler):
     def _cgi_env(self, user: str | None) -> dict[str, str]:
         split = urlsplit(self.path)
         env = dict(self.server.owner._cgi_base_env)
-        env.update({
-            "GATEWAY_INTERFACE": "CGI/1.1",
-            "SERVER_PROTOCOL": self.request_version,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": str(self.server.server_address[1]),
-            "REQUEST_METHOD": self.command,
-            "PATH_INFO": unquote(split.path),
-            "QUERY_STRING": split.query,
-            "REMOTE_ADDR": self.client_address[0],
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-        })
+        env.update(
+            {
+                "GATEWAY_INTERFACE": "CGI/1.1",
+                "SERVER_PROTOCOL": self.request_version,
+                "SERVER_NAME": "127.0.0.1",
+                "SERVER_PORT": str(self.server.server_address[1]),
+                "REQUEST_METHOD": self.command,
+                "PATH_INFO": unquote(split.path),
+                "QUERY_STRING": split.query,
+                "REMOTE_ADDR": self.client_address[0],
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            }
+        )
         # Absent CONTENT_LENGTH makes http-backend read stdin to EOF (chunked requests).
         if not self._is_chunked() and self.headers.get("Content-Length"):
             env["CONTENT_LENGTH"] = self.headers["Content-Length"]
         if user:
             env["REMOTE_USER"] = user
-        for header, var in (("Content-Encoding", "HTTP_CONTENT_ENCODING"),
-                            ("Git-Protocol", "HTTP_GIT_PROTOCOL")):
+        for header, var in (
+            ("Content-Encoding", "HTTP_CONTENT_ENCODING"),
+            ("Git-Protocol", "HTTP_GIT_PROTOCOL"),
+        ):
             if header in self.headers:
                 env[var] = self.headers[header]
         return env
 
     def _run_cgi(self, auth: str, user: str | None) -> None:
         owner = self.server.owner
-        proc = subprocess.Popen([_http_backend()], env=self._cgi_env(user), cwd=owner.root,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [_http_backend()],
+            env=self._cgi_env(user),
+            cwd=owner.root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         owner._track_process(proc, add=True)
         # Body in and stderr out on their own threads: the CGI may write before it has read all.
         feeder = threading.Thread(target=self._feed, args=(proc.stdin,), daemon=True)
@@ -365,8 +411,15 @@ class GitHttpServer:
     ``allow_push=False``; ``config`` adds server-side git config (e.g. uploadpack.*).
     """
 
-    def __init__(self, root: Path, *, username: str | None = None, password: str | None = None,
-                 allow_push: bool = True, config: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        allow_push: bool = True,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
         self.root = Path(root).resolve()
@@ -395,8 +448,12 @@ class GitHttpServer:
             httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
             httpd.owner = self
             self._httpd = httpd
-            self._thread = threading.Thread(target=httpd.serve_forever, kwargs={
-                "poll_interval": 0.05}, name=f"git-http-{httpd.server_address[1]}", daemon=True)
+            self._thread = threading.Thread(
+                target=httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"git-http-{httpd.server_address[1]}",
+                daemon=True,
+            )
             self._thread.start()
         return self
 
@@ -422,8 +479,12 @@ class GitHttpServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- addresses ----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,17 +37,12 @@ from typing import IO
 import httpx
 import pytest
 
+from tests.servers.ports import unused_port  # noqa: F401  (re-exported)
+
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 PROMETHEUS_PACKAGE = "prometheus"
 EXAMPLE_SRC = Path(__file__).resolve().parents[2] / "examples" / "example-app" / "src"
 STARTUP_TIMEOUT = 30.0  # seconds for Prometheus or the app to answer
-
-
-def unused_port() -> int:
-    """A loopback port nothing listens on (also: a free port to start something on)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_until_answering(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl
+
+from tests.servers.ports import unused_port  # noqa: F401  (re-exported)
 
 Mode = Literal["normal", "error_500", "hang", "trickle"]
 
@@ -51,13 +52,6 @@ class ReceivedRequest:
     headers: dict[str, str]
     body: Any  # parsed JSON (or form fields as a dict); None when unparsable
     raw: bytes = field(repr=False)
-
-
-def unused_port() -> int:
-    """A loopback port nothing listens on, for "Slack is unreachable" (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SlackReceiver:

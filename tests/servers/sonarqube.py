@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,17 +46,12 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from tests.servers.ports import unused_port  # noqa: F401  (re-exported)
+
 CeOutcome = Literal["SUCCESS", "FAILED", "CANCELED", "never"]
 GateStatus = Literal["OK", "ERROR", "NONE"]
 
 FAKE_SCANNER = Path(__file__).with_name("fake_sonar_scanner.py")
-
-
-def unused_port() -> int:
-    """A loopback port nothing listens on, for "SonarQube is unreachable"."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def condition(

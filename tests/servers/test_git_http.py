@@ -51,8 +51,7 @@ def askpass(tmp_path: Path) -> Path:
     return script
 
 
-def client_env(askpass: Path, config: dict[str, str] | None = None,
-               **extra: str) -> dict[str, str]:
+def client_env(askpass: Path, config: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
     """Git client env: machine config ignored, no prompts, our askpass, config via GIT_CONFIG_*.
 
     GitPython layers this over os.environ, so every variable that could change the outcome
@@ -116,11 +115,13 @@ def server(root: Path) -> Iterator[GitHttpServer]:
         yield srv
 
 
-def test_clone_with_extra_header_from_env(server: GitHttpServer, app: tuple[Path, list[str]],
-                                          askpass: Path, tmp_path: Path) -> None:
+def test_clone_with_extra_header_from_env(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     _, shas = app
-    repo = git.Repo.clone_from(server.repo_url("team/app.git"), tmp_path / "work",
-                               env=header_env(askpass))
+    repo = git.Repo.clone_from(
+        server.repo_url("team/app.git"), tmp_path / "work", env=header_env(askpass)
+    )
     assert repo.head.commit.hexsha == shas[-1]
     assert (tmp_path / "work/src/app.py").read_text() == "print(3)\n"
     # The header is preemptive: no 401 round trip, every request authenticated.
@@ -130,11 +131,13 @@ def test_clone_with_extra_header_from_env(server: GitHttpServer, app: tuple[Path
     assert TOKEN not in repo.remote().url
 
 
-def test_clone_with_askpass(server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path,
-                            tmp_path: Path) -> None:
+def test_clone_with_askpass(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     _, shas = app
-    repo = git.Repo.clone_from(server.repo_url("team/app.git"), tmp_path / "work",
-                               env=askpass_env(askpass))
+    repo = git.Repo.clone_from(
+        server.repo_url("team/app.git"), tmp_path / "work", env=askpass_env(askpass)
+    )
     assert repo.head.commit.hexsha == shas[-1]
     # git probes anonymously first, gets the Basic challenge, asks askpass, retries.
     assert server.records[0].status == 401 and server.records[0].auth == "missing"
@@ -143,8 +146,9 @@ def test_clone_with_askpass(server: GitHttpServer, app: tuple[Path, list[str]], 
 
 
 @pytest.mark.parametrize("how", ["header", "askpass"])
-def test_wrong_password_fails_fast(server: GitHttpServer, app: tuple[Path, list[str]],
-                                   askpass: Path, tmp_path: Path, how: str) -> None:
+def test_wrong_password_fails_fast(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path, how: str
+) -> None:
     env = header_env(askpass, WRONG) if how == "header" else askpass_env(askpass, WRONG)
     started = time.monotonic()
     with pytest.raises(git.GitCommandError) as failure:
@@ -157,8 +161,9 @@ def test_wrong_password_fails_fast(server: GitHttpServer, app: tuple[Path, list[
     assert WRONG not in str(failure.value)
 
 
-def test_unauthenticated_request_gets_basic_challenge(server: GitHttpServer,
-                                                      app: tuple[Path, list[str]]) -> None:
+def test_unauthenticated_request_gets_basic_challenge(
+    server: GitHttpServer, app: tuple[Path, list[str]]
+) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         conn.request("GET", "/team/app.git/info/refs?service=git-upload-pack")
@@ -167,24 +172,28 @@ def test_unauthenticated_request_gets_basic_challenge(server: GitHttpServer,
         assert response.status == 401
         assert response.getheader("WWW-Authenticate") == 'Basic realm="git"'
         # Same keep-alive connection, now with credentials: the smart-HTTP advertisement.
-        conn.request("GET", "/team/app.git/info/refs?service=git-upload-pack",
-                     headers={"Authorization": f"Basic {basic(USER, TOKEN)}"})
+        conn.request(
+            "GET",
+            "/team/app.git/info/refs?service=git-upload-pack",
+            headers={"Authorization": f"Basic {basic(USER, TOKEN)}"},
+        )
         response = conn.getresponse()
         body = response.read()
         assert response.status == 200
-        assert response.getheader("Content-Type") == (
-            "application/x-git-upload-pack-advertisement")
+        assert response.getheader("Content-Type") == ("application/x-git-upload-pack-advertisement")
         assert b"# service=git-upload-pack" in body
     finally:
         conn.close()
     assert [(r.status, r.auth) for r in server.records] == [(401, "missing"), (200, "ok")]
 
 
-def test_push_with_credentials(server: GitHttpServer, app: tuple[Path, list[str]],
-                               askpass: Path, tmp_path: Path) -> None:
+def test_push_with_credentials(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     bare, shas = app
-    repo = git.Repo.clone_from(server.repo_url("team/app.git"), tmp_path / "work",
-                               env=header_env(askpass))
+    repo = git.Repo.clone_from(
+        server.repo_url("team/app.git"), tmp_path / "work", env=header_env(askpass)
+    )
     (tmp_path / "work/deploy.yaml").write_text("image: app:1.2.3\n")
     repo.index.add(["deploy.yaml"])
     commit = repo.index.commit("bump image", author=ACTOR, committer=ACTOR)
@@ -207,9 +216,9 @@ def test_push_with_credentials(server: GitHttpServer, app: tuple[Path, list[str]
     assert shas[-1] in {p.hexsha for p in commit.parents}
 
 
-def test_shallow_fetch_of_non_tip_sha_protocol_v2(server: GitHttpServer,
-                                                  app: tuple[Path, list[str]], askpass: Path,
-                                                  tmp_path: Path) -> None:
+def test_shallow_fetch_of_non_tip_sha_protocol_v2(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     _, shas = app
     repo = git.Repo.init(tmp_path / "work")
     repo.create_remote("origin", server.repo_url("team/app.git"))
@@ -223,9 +232,9 @@ def test_shallow_fetch_of_non_tip_sha_protocol_v2(server: GitHttpServer,
     assert {r.git_protocol for r in server.records} == {"version=2"}
 
 
-def test_protocol_v0_refuses_unadvertised_sha(server: GitHttpServer,
-                                              app: tuple[Path, list[str]], askpass: Path,
-                                              tmp_path: Path) -> None:
+def test_protocol_v0_refuses_unadvertised_sha(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     """Documents why the checkout relies on v2: v0 only serves advertised tips by default."""
     _, shas = app
     repo = git.Repo.init(tmp_path / "work")
@@ -237,21 +246,24 @@ def test_protocol_v0_refuses_unadvertised_sha(server: GitHttpServer,
     assert {r.git_protocol for r in server.records} == {None}
 
 
-def test_gzip_request_body(server: GitHttpServer, root: Path, askpass: Path,
-                           tmp_path: Path) -> None:
+def test_gzip_request_body(
+    server: GitHttpServer, root: Path, askpass: Path, tmp_path: Path
+) -> None:
     """git gzips upload-pack requests over 1 KiB: 40 branches make enough ``want`` lines."""
     bare = make_bare_repo(root, "many.git")
     for i in range(40):
         commit_files(bare, {f"f{i}.txt": str(i)}, f"c{i}", branch=f"b{i}")
-    repo = git.Repo.clone_from(server.repo_url("many.git"), tmp_path / "work",
-                               env=header_env(askpass))
+    repo = git.Repo.clone_from(
+        server.repo_url("many.git"), tmp_path / "work", env=header_env(askpass)
+    )
     assert len(repo.remote().refs) == 40
     gzipped = [r for r in server.records if r.content_encoding == "gzip"]
     assert gzipped and all(r.status == 200 for r in gzipped)
 
 
-def test_chunked_push_body(server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path,
-                           tmp_path: Path) -> None:
+def test_chunked_push_body(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     """Pushes larger than http.postBuffer are sent with chunked transfer encoding."""
     bare, _ = app
     env = header_env(askpass, **{"http.postBuffer": "65536"})
@@ -264,12 +276,14 @@ def test_chunked_push_body(server: GitHttpServer, app: tuple[Path, list[str]], a
     assert any(r.chunked and r.status == 200 for r in server.records)
 
 
-def test_anonymous_server_and_quick_stop(root: Path, app: tuple[Path, list[str]],
-                                         askpass: Path, tmp_path: Path) -> None:
+def test_anonymous_server_and_quick_stop(
+    root: Path, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     srv = GitHttpServer(root).start()
     _, shas = app
-    repo = git.Repo.clone_from(srv.repo_url("team/app.git"), tmp_path / "work",
-                               env=client_env(askpass))
+    repo = git.Repo.clone_from(
+        srv.repo_url("team/app.git"), tmp_path / "work", env=client_env(askpass)
+    )
     assert repo.head.commit.hexsha == shas[-1]
     assert {r.auth for r in srv.records} == {"none"}
     # An idle keep-alive connection must not hold stop() up.
@@ -298,8 +312,9 @@ def test_credentials_must_be_paired(root: Path) -> None:
         GitHttpServer(root, username=USER)
 
 
-def test_concurrent_clones(server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path,
-                           tmp_path: Path) -> None:
+def test_concurrent_clones(
+    server: GitHttpServer, app: tuple[Path, list[str]], askpass: Path, tmp_path: Path
+) -> None:
     """Parallel pipeline runs share one server: each request gets its own thread and CGI."""
     _, shas = app
     env = header_env(askpass)
