@@ -916,9 +916,10 @@ def evaluate_quality_gate(
     workspace: Path,
     env: Mapping[str, str],
     redactor: Redactor | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> QualityGateResult:
     """Run the gate the spec selects, loading the SonarQube server block by its name."""
-    logger = get_run_logger()
+    log = log if log is not None else get_run_logger().info
     redactor = redactor if redactor is not None else Redactor()
     if spec.sonarqube is not None:
         name = spec.sonarqube.server
@@ -929,12 +930,12 @@ def evaluate_quality_gate(
                 f"SonarQube server block {name!r} could not be loaded: {exc}"
             ) from exc
         result = run_sonarqube_gate(
-            server, spec.sonarqube, workspace=workspace, env=env, redactor=redactor, log=logger.info
+            server, spec.sonarqube, workspace=workspace, env=env, redactor=redactor, log=log
         )
     else:
         assert spec.local is not None  # the spec's validator guarantees one of the two
         result = run_local_gate(
-            spec.local, workspace=workspace, env=env, redactor=redactor, log=logger.info
+            spec.local, workspace=workspace, env=env, redactor=redactor, log=log
         )
     return result
 

@@ -27,7 +27,6 @@ from prefect.logging import get_run_logger
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from wcmatch import glob
 
-from slipway.blocks.sonarqube import SonarQubeServer
 from slipway.exceptions import ReportError, StageFailed
 from slipway.redact import Redactor
 from slipway.spec import Stage
@@ -43,7 +42,7 @@ from slipway.tasks.images import (
     registry_credentials,
 )
 from slipway.tasks.junit_reports import SuiteReport, collect_suite
-from slipway.tasks.quality_gate import QualityGateResult, run_local_gate, run_sonarqube_gate
+from slipway.tasks.quality_gate import QualityGateResult, evaluate_quality_gate
 from slipway.tasks.security_scan import ScanResult, resolve_policy, run_security_scan
 from slipway.workspace import inside
 
@@ -260,17 +259,7 @@ def _quality_gate_stage(stage: Stage, ctx: StageContext, log: Callable[[str], No
     assert spec is not None
     started = time.monotonic()
     env = {**ctx.env, **stage.env}
-    if spec.sonarqube is not None:
-        server = SonarQubeServer.load(spec.sonarqube.server)
-        ctx.redactor.add(*server.secret_values())
-        gate = run_sonarqube_gate(
-            server, spec.sonarqube, workspace=ctx.workspace, env=env, redactor=ctx.redactor, log=log
-        )
-    else:
-        assert spec.local is not None
-        gate = run_local_gate(
-            spec.local, workspace=ctx.workspace, env=env, redactor=ctx.redactor, log=log
-        )
+    gate = evaluate_quality_gate(spec, ctx.workspace, env, ctx.redactor, log)
     verdict = _gate_verdict(gate.phase, stage, log)
     if verdict is not None:
         failed = "; ".join(
