@@ -27,11 +27,20 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   ├── RegistryError                 credentials refused, unknown host, denied
     │   ├── ApprovalClosed                the run asking for approval has ended
     │   ├── ManifestRepoError             the manifests repo refused (auth, branch, hook)
-    │   └── RevertConflict                a revert collides with later changes
+    │   ├── RevertConflict                a revert collides with later changes
+    │   ├── ManifestRenderError           manifests cannot be rendered (bad YAML, kustomize)
+    │   ├── DeployError                   the cluster refused an object (403, 422, conflict)
+    │   │   ├── RolloutFailed             a rollout failed (ProgressDeadlineExceeded, ...)
+    │   │   └── RolloutTimeout            a rollout did not finish in time
+    │   ├── SmokeTestFailed               the smoke test of a new release failed
+    │   ├── MetricBreach                  the metric analysis of a release failed
+    │   ├── ApprovalRejected              production was refused (or the wait timed out)
+    │   └── DeployBusy                    another deploy of the app holds the slot
     └── TemporaryError                    a retry may succeed (network, busy server)
         ├── RemoteUnavailable             a server could not be reached
         ├── ApprovalNotDelivered          the run did not pause for the decision in time
-        └── PushContention                every push lost the race to other pushers
+        ├── PushContention                every push lost the race to other pushers
+        └── ClusterUnreachable            the Kubernetes API did not answer
 
 Third-party errors (git, HTTP, docker) are translated once, where they are raised,
 with ``raise ... from exc`` and a short message that never holds a secret.
@@ -191,6 +200,43 @@ class RevertConflict(PermanentError):
 
 class PushContention(TemporaryError):
     """Every attempt lost the race to other pushers; a later retry may get through."""
+
+
+class ManifestRenderError(PermanentError):
+    """The environment's manifests cannot be rendered (bad YAML, unsupported kustomize)."""
+
+
+class DeployError(PermanentError):
+    """The cluster refused to take an object (forbidden, invalid, conflict)."""
+
+
+class RolloutFailed(DeployError):
+    """A rollout failed; the message carries the reason the cluster gave."""
+
+
+class RolloutTimeout(DeployError):
+    """A rollout did not finish within the stage's deadline."""
+
+
+class SmokeTestFailed(PermanentError):
+    """The smoke test of a new release failed (the release was rolled back)."""
+
+
+class MetricBreach(PermanentError):
+    """The metric analysis of a release failed or could not decide (rolled back)."""
+
+
+class ApprovalRejected(PermanentError):
+    """Production was refused by an approver, or the wait timed out."""
+
+
+class DeployBusy(PermanentError):
+    """Another deploy of the same application and environment holds the slot."""
+
+
+class ClusterUnreachable(TemporaryError):
+    """The Kubernetes API did not answer (wrong address, down, TLS refused)."""
+
 
 
 def retry_temporary_errors(task: object, task_run: object, state: object) -> bool:
