@@ -59,6 +59,7 @@ from slipway.exceptions import (
     BranchNotAllowed,
     ConfigError,
     DeployBusy,
+    DeployError,
     SlipwayError,
 )
 from slipway.redact import Redactor
@@ -96,7 +97,9 @@ from slipway.tasks.strategies import (
     promote_canary,
     rollback,
     run_canary_steps,
+    state_of,
 )
+from slipway.tasks.strategy_objects import find_deployment, find_service
 
 _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE
 RELEASE_LABEL = "slipway.dev/release"
@@ -239,14 +242,19 @@ def _approval_summary(d: Delivery, environment: Environment, done: Sequence[Envi
     return "\n".join(lines)
 
 
-def _smoke_target(api: Any, environment: Environment, state: DeployState) -> tuple[str, dict]:
+def _smoke_target(
+    api: Any, environment: Environment, state: DeployState, release: Release
+) -> tuple[str, dict]:
     """Where the smoke checks go: the environment's own URL, or the Service that shows the
     new release (preview colour, canary Service) through the API server's service proxy."""
     smoke = environment.smoke
     assert smoke is not None
     if smoke.base_url:
         return smoke.base_url, {}
-    service = state.preview_service or state.detail.get("canary_service") or state.service
+    service = state.release_service
+    if service is None:  # rolling: the Service in front of the Deployment
+        deployment = find_deployment(release.objects, release.deployment or release.app)
+        service = find_service(release.objects, deployment, release.service)["metadata"]["name"]
     url = (
         f"{api_base_url(api)}/api/v1/namespaces/{state.namespace}/services/"
         f"{service}:{smoke.port}/proxy"
@@ -378,9 +386,8 @@ async def _deploy(
         objects=objects,
         image=d.image,
         annotations=_history_annotations(d, name, bump, approver),
-    )
-    state: DeployState = await _run(
-        f"deploy-{name}", _strategy_deploy, api, release, environment, log=log
+        deployment=environment.deployment,
+        service=environment.service,
     )
     outcome = EnvironmentOutcome(
         name,
@@ -390,8 +397,17 @@ async def _deploy(
         manifests_commit=bump.commit_sha,
         approver=approver,
     )
+    try:
+        state: DeployState = await _run(
+            f"deploy-{name}", _strategy_deploy, api, release, environment, log=log
+        )
+    except SlipwayError as exc:
+        reached = state_of(exc)
+        if reached is None:  # nothing changed in the cluster: undo git alone
+            return await _revert_only(d, outcome, bump, f"deploy failed: {exc}", log)
+        return await _roll_back(d, api, reached, outcome, bump, f"rollout failed: {exc}", log)
     if environment.smoke is not None:
-        url, headers = _smoke_target(api, environment, state)
+        url, headers = _smoke_target(api, environment, state, release)
         smoke: SmokeResult = await _run(
             f"smoke-{name}",
             run_smoke_checks,
@@ -478,7 +494,12 @@ async def _deploy(
                 )
         if state.kind == "blue_green":
             await _run(f"scale-down-old-{name}", finish_blue_green, api, state, log=log)
-    history = await asyncio.to_thread(rollout_history, api, environment.namespace, state.deployment)
+    serving = (
+        f"{state.deployment}-{state.idle_colour}"
+        if state.kind == "blue_green"
+        else state.deployment
+    )
+    history = await asyncio.to_thread(rollout_history, api, environment.namespace, serving)
     outcome = replace(outcome, revision=history[-1].number if history else None)
     await _history_artifact(d, name, history)
     return outcome
@@ -543,8 +564,13 @@ async def _roll_back(
 ) -> EnvironmentOutcome:
     """Cluster first (traffic back in seconds), then git, then Slack."""
     name = outcome.name
+    why = d.redactor.redact(why)
     log(f"{name}: rolling back: {why}")
-    seconds = await _run(f"rollback-{name}", rollback, api, state, log=log)
+    try:
+        seconds: float | None = await _run(f"rollback-{name}", rollback, api, state, log=log)
+    except DeployError as exc:  # a first deploy has nothing to go back to
+        seconds = None
+        why = f"{why}; the cluster was not rolled back: {d.redactor.redact(str(exc))}"
     reverted = None
     if bump.changed:
         revert = await _run(
@@ -560,7 +586,7 @@ async def _roll_back(
         reverted = revert.commit_sha if revert.changed else None
     outcome = replace(
         outcome,
-        status="rolled-back",
+        status="rolled-back" if seconds is not None else "failed",
         reason=why,
         rollback_seconds=seconds,
         revert_commit=reverted,
@@ -568,7 +594,12 @@ async def _roll_back(
     await _tell(
         d,
         f":rewind: {d.app} build {d.build_number} rolled back in {name}",
-        f"{why}\nCluster back on the previous release in {seconds:.2f} s ({state.kind}); "
+        f"{why}\n"
+        + (
+            f"Cluster back on the previous release in {seconds:.2f} s ({state.kind}); "
+            if seconds is not None
+            else ""
+        )
         + (
             f"manifests commit {bump.commit_sha[:12]} reverted by {reverted[:12]}."
             if reverted
@@ -576,6 +607,29 @@ async def _roll_back(
         ),
     )
     return outcome
+
+
+async def _revert_only(
+    d: Delivery, outcome: EnvironmentOutcome, bump: BumpResult, why: str, log: Log
+) -> EnvironmentOutcome:
+    """The cluster refused the release before anything changed: revert the commit so a
+    later sync does not try again, and report the environment failed."""
+    why = d.redactor.redact(why)
+    reverted = None
+    if bump.changed:
+        revert = await _run(
+            f"revert-{outcome.name}",
+            revert_bump,
+            d.manifests,
+            commit_sha=bump.commit_sha,
+            reason=f"build {d.build_number} could not be deployed: {why}",
+            workdir=d.workspace / "manifests" / outcome.name,
+            redactor=d.redactor,
+            log=log,
+        )
+        reverted = revert.commit_sha if revert.changed else None
+    await _tell(d, f":x: {d.app} build {d.build_number} failed to deploy to {outcome.name}", why)
+    return replace(outcome, status="failed", reason=why, revert_commit=reverted)
 
 
 async def _tell(d: Delivery, title: str, body: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import re
 import shutil
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,10 +32,12 @@ from slipway.blocks.git import AppRepository
 from slipway.blocks.notifications import SlackNotifier
 from slipway.blocks.security_policy import SecurityPolicy
 from slipway.conditions import ConditionContext, evaluate
-from slipway.exceptions import SlipwayError, StageFailed
+from slipway.deploy_spec import DeploySpec
+from slipway.exceptions import ConfigError, SlipwayError, StageFailed
+from slipway.flows.deliver import Delivery, deliver, load_delivery_blocks
 from slipway.flows.scheduler import Decision, StageWalker
 from slipway.redact import Redactor
-from slipway.report import PipelineReport, StageOutcome, summary_markdown
+from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, summary_markdown
 from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
 from slipway.tasks.artifacts import restore_artifacts
@@ -397,6 +400,14 @@ async def pipeline(
     keep_workspace: Annotated[
         bool, Field(description="Keep the workspace after a successful run.")
     ] = False,
+    environments: Annotated[
+        list[str] | None,
+        Field(description="Deploy only to these environments of deploy: ([] = CI only)."),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        Field(description="KubernetesCredentials block for environments that name none."),
+    ] = None,
 ) -> PipelineReport:
     """Run the repository's pipeline file.
 
@@ -490,6 +501,11 @@ async def pipeline(
             run_url=run_url,
             seconds=round(time.monotonic() - started, 3),
         )
+        if report.status == "success" and spec.deploy is not None and environments != []:
+            step = "deploy"
+            report = await _deliver(
+                spec, report, context, run_id, slack, environments, cluster, started
+            )
     except SlipwayError as exc:
         report = PipelineReport(
             app=app,
@@ -513,6 +529,68 @@ async def pipeline(
         shutil.rmtree(workspace, ignore_errors=True)
     logger.info("pipeline succeeded in %.1f s", report.seconds)
     return report
+
+
+def _deploy_spec(spec: Pipeline, only: list[str] | None) -> DeploySpec:
+    assert spec.deploy is not None
+    if only is None:
+        return spec.deploy
+    known = [e.name for e in spec.deploy.environments]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"environments: {', '.join(map(repr, unknown))} not in deploy.environments "
+            f"({', '.join(known)})"
+        )
+    chosen = [e for e in spec.deploy.environments if e.name in only]
+    return spec.deploy.model_copy(update={"environments": chosen})
+
+
+async def _deliver(
+    spec: Pipeline,
+    report: PipelineReport,
+    context: StageContext,
+    run_id: str,
+    slack: SlackNotifier | None,
+    only: list[str] | None,
+    cluster: str | None,
+    started: float,
+) -> PipelineReport:
+    """The CD half: take the pushed image through the environments (flows/deliver.py)."""
+    deploy = _deploy_spec(spec, only)
+    pushed = report.stage(deploy.image_from).pushed if deploy.image_from else report.pushed_image
+    if pushed is None:
+        reason = "this run pushed no image"
+        outcomes = tuple(EnvironmentOutcome(e.name, "skipped", reason) for e in deploy.environments)
+        return replace(report, environments=outcomes)
+    manifests, approvals, prometheus = await load_delivery_blocks(deploy, context.redactor)
+    delivery = Delivery(
+        spec=deploy,
+        app=spec.app,
+        image=pushed.ref,
+        source_commit=report.sha,
+        branch=report.branch or "",
+        run_id=run_id,
+        run_url=report.run_url,
+        build_number=context.build_number,
+        workspace=context.workspace,
+        redactor=context.redactor,
+        manifests=manifests,
+        approvals=approvals,
+        prometheus=prometheus,
+        notifier=slack,
+        default_cluster=cluster,
+    )
+    outcomes = await deliver(delivery)
+    failed = next((o for o in outcomes if not o.ok and o.status != "not-run"), None)
+    return replace(
+        report,
+        environments=outcomes,
+        status="failure" if failed else "success",
+        failed_stage=f"deploy-{failed.name}" if failed else None,
+        reason=failed.reason if failed else None,
+        seconds=round(time.monotonic() - started, 3),
+    )
 
 
 def run_pipeline(**parameters: Any) -> State:

@@ -9,8 +9,11 @@ slipway server                     make sure a local Prefect server is running
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from slipway.exceptions import SlipwayError, SpecError
 from slipway.spec_loader import DEFAULT_SPEC_FILE, load_pipeline
@@ -40,15 +43,23 @@ def _env_pairs(values: list[str]) -> dict[str, str]:
     return env
 
 
-def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
+def _run_pipeline(
+    repository: str,
+    args: argparse.Namespace,
+    prepare: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+    **extra: Any,
+) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from slipway.local_server import ensure_server
 
     api_url = ensure_server()
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    with (
+        temporary_settings({PREFECT_API_URL: api_url}),
+        prepare() if prepare else contextlib.nullcontext(),
+    ):
         from slipway.flows.pipeline import run_pipeline
-        from slipway.report import ICONS
+        from slipway.report import DEPLOY_ICONS, ICONS
 
         state = run_pipeline(
             repository=repository,
@@ -60,6 +71,8 @@ def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
             env=_env_pairs(args.env or []),
             notifier=args.notifier,
             refresh_cache=args.refresh_cache,
+            environments=args.environment,
+            **extra,
         )
         report = state.result(raise_on_failure=False)
     print()
@@ -69,6 +82,11 @@ def _run_pipeline(repository: str, args: argparse.Namespace) -> int:
             note = f"  {stage.reason}" if stage.reason else ""
             print(
                 f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{note}"
+            )
+        for env in report.environments:
+            note = f"  {env.reason}" if env.reason else ""
+            print(
+                f"  deploy {env.name:<11} {DEPLOY_ICONS[env.status]:<14} {env.seconds:7.2f} s{note}"
             )
         print(f"\n{report.app} @ {report.sha[:12]}: {report.status} in {report.seconds:.1f} s")
         if report.pushed_image is not None:
@@ -97,7 +115,42 @@ def _example(args: argparse.Namespace) -> int:
     print(f"image registry: {ensure_registry(5000)} (the example pushes there)")
     url = publish_example()
     print(f"published examples/example-app to {url}")
-    return _run_pipeline(url, args)
+    return _run_pipeline(url, args, lambda: _example_delivery(args), cluster=None)
+
+
+@contextlib.contextmanager
+def _example_delivery(args: argparse.Namespace) -> Iterator[object]:
+    """The example's CD half: a SIMULATED cluster, its blocks, traffic, approvals."""
+    from slipway.example_delivery import (
+        AUTO_APPROVER,
+        HUMAN_APPROVER,
+        AutoApprover,
+        Traffic,
+        publish_manifests,
+        save_example_blocks,
+    )
+    from slipway.local_cluster import ensure_local_cluster
+
+    cluster = ensure_local_cluster(pods=args.pods)
+    print(
+        f"cluster: SIMULATED (Kubernetes API stand-in at {cluster.api_url}; its pods are local "
+        f"processes of the example app). Prometheus: {cluster.prometheus_url}"
+    )
+    manifests = publish_manifests()
+    print(f"GitOps manifests repository: {manifests}")
+    save_example_blocks(cluster, manifests)
+    if args.approve_automatically:
+        print(f"production approval: automatic, as {AUTO_APPROVER} (--approve-automatically)")
+    else:
+        print(
+            "production approval: the run pauses; open it in the Prefect UI, press Resume and "
+            f"approve as {HUMAN_APPROVER} (or rerun with --approve-automatically)"
+        )
+    with (
+        Traffic(cluster),
+        AutoApprover() if args.approve_automatically else contextlib.nullcontext(),
+    ):
+        yield cluster
 
 
 def _server(_args: argparse.Namespace) -> int:
@@ -117,6 +170,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", metavar="NAME=VALUE", help="pipeline env")
     parser.add_argument("--notifier", help="SlackNotifier block name")
     parser.add_argument("--refresh-cache", action="store_true", help="rerun every stage")
+    parser.add_argument(
+        "--environment", action="append", help="deploy only to this environment (repeatable)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     example = sub.add_parser("example", help="run the pipeline on the bundled example app")
     _add_run_options(example)
+    example.add_argument(
+        "--approve-automatically",
+        action="store_true",
+        help="approve production as example-bot instead of waiting in the Prefect UI",
+    )
+    example.add_argument(
+        "--pods",
+        choices=("process", "docker"),
+        default="process",
+        help="what backs the simulated cluster's pods (default: local processes)",
+    )
     example.set_defaults(handler=_example)
     server = sub.add_parser("server", help="start (or find) the local Prefect server")
     server.set_defaults(handler=_server)

@@ -64,7 +64,7 @@ class Environment(StrictModel):
     )
     strategy: StrategySpec = Field(
         default_factory=lambda: StrategySpec(rolling={}),  # type: ignore[arg-type]
-        description="rolling, blue_green or canary. Default: rolling (25 %/25 %).",
+        description="rolling, blue_green or canary. Default: rolling as the manifests say.",
     )
     rollout_timeout: float = Field(
         default=600, gt=0, le=86400, description="Seconds a rollout may take. Default: 600."

@@ -238,7 +238,6 @@ class ClusterUnreachable(TemporaryError):
     """The Kubernetes API did not answer (wrong address, down, TLS refused)."""
 
 
-
 def retry_temporary_errors(task: object, task_run: object, state: object) -> bool:
     """A Prefect ``retry_condition_fn``: retry what the tree calls temporary, nothing else.
 

@@ -48,6 +48,42 @@ class StageOutcome:
         return self.status in ("passed", "cached", "skipped")
 
 
+DeployStatus = Literal[
+    "deployed", "rolled-back", "rejected", "skipped", "superseded", "failed", "not-run"
+]
+DEPLOY_ICONS: dict[str, str] = {
+    "deployed": "🚀 deployed",
+    "rolled-back": "↩️ rolled back",
+    "rejected": "⛔ rejected",
+    "skipped": "⏭️ skipped",
+    "superseded": "⏭️ superseded",
+    "failed": "❌ failed",
+    "not-run": "⛔ not run",
+}
+
+
+@dataclass(frozen=True)
+class EnvironmentOutcome:
+    """What became of the release in one environment."""
+
+    name: str
+    status: DeployStatus
+    reason: str = ""
+    seconds: float = 0.0
+    image: str | None = None
+    manifests_commit: str | None = None
+    revert_commit: str | None = None
+    revision: int | None = None
+    approver: str | None = None
+    smoke: str | None = None
+    analysis: str | None = None
+    rollback_seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("deployed", "skipped", "superseded")
+
+
 @dataclass(frozen=True)
 class PipelineReport:
     app: str
@@ -59,6 +95,7 @@ class PipelineReport:
     reason: str | None = None
     run_url: str | None = None
     seconds: float = 0.0
+    environments: tuple[EnvironmentOutcome, ...] = ()
 
     def stage(self, name: str) -> StageOutcome:
         for outcome in self.stages:
@@ -101,4 +138,12 @@ def summary_markdown(report: PipelineReport) -> str:
     for s in report.stages:
         name = f"↳ {s.name}" if s.group else s.name
         lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds:.2f} | {_cell(s.reason)} |")
+    if report.environments:
+        lines += ["", "| environment | status | seconds | revision | approver | note |"]
+        lines.append("|---|---|---:|---:|---|---|")
+        for e in report.environments:
+            lines.append(
+                f"| {e.name} | {DEPLOY_ICONS[e.status]} | {e.seconds:.2f} | {e.revision or '-'} "
+                f"| {_cell(e.approver or '-')} | {_cell(e.reason)} |"
+            )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from slipway.deploy_spec import DeploySpec
 from slipway.spec_types import (  # noqa: F401  (re-exported for stage spec modules)
     ENV_NAME_PATTERN,
     NAME_PATTERN,
@@ -204,6 +205,11 @@ class Pipeline(StrictModel):
         "(default: the worker's DOCKER_HOST).",
     )
     stages: list[Stage] = Field(min_length=1)
+    deploy: DeploySpec | None = Field(
+        default=None,
+        description="Continuous delivery after the stages passed: GitOps bump, environments, "
+        "approval, analysis and rollback.",
+    )
 
     def all_stages(self) -> list[Stage]:
         """Top-level stages and the members of parallel groups, in file order."""

@@ -10,7 +10,7 @@ such as ``stages[2].when.allOf[0].branch`` and the line it sits on.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +201,31 @@ def _semantic_problems(pipeline: Pipeline, lines: dict[Loc, int]) -> list[SpecPr
                 f"{stage.push_image.from_stage!r} is not a build_image stage"
                 + (f" (build_image stages: {', '.join(sorted(builders))})" if builders else ""),
             )
+    _deploy_problems(pipeline, add)
     if not problems:
         cycle = _find_cycle(dependencies(pipeline))
         if cycle:
             index = top.index(cycle[0])
             add(("stages", index, "needs"), "dependency cycle: " + " -> ".join(cycle))
     return problems
+
+
+def _deploy_problems(pipeline: Pipeline, add: Callable[[Loc, str], None]) -> None:
+    """``deploy.image_from`` must name a stage that pushes an image."""
+    deploy = pipeline.deploy
+    if deploy is None or deploy.image_from is None:
+        return
+    pushers = sorted(
+        s.name
+        for s in pipeline.all_stages()
+        if s.push_image is not None or (s.build_image is not None and s.build_image.push)
+    )
+    if deploy.image_from not in pushers:
+        add(
+            ("deploy", "image_from"),
+            f"{deploy.image_from!r} does not push an image"
+            + (f" (stages that do: {', '.join(pushers)})" if pushers else ""),
+        )
 
 
 def parse_pipeline(text: str, file: str = DEFAULT_SPEC_FILE) -> Pipeline:

@@ -976,6 +976,44 @@ def revert_bump(
     )
 
 
+def sync_manifests(
+    repo: ManifestsRepository, *, workdir: Path, redactor: Redactor | None = None
+) -> str:
+    """Make ``workdir`` a clone at the branch head (what a deploy renders); return its SHA."""
+    validate_ref(repo.branch)
+    redactor = redactor or Redactor()
+    redactor.add(*repo.secret_values())
+    return _sync(_open_clone(repo, workdir, redactor), repo.branch)
+
+
+def latest_live_bump(
+    repo: ManifestsRepository,
+    *,
+    app: str,
+    environment: str,
+    workdir: Path,
+    redactor: Redactor | None = None,
+) -> tuple[str, dict[str, str]] | None:
+    """The newest bump of ``app`` in ``environment`` that no revert has undone, with its
+    trailers; what a rollback reverts. None when there is none."""
+    target = _environment(repo, environment)
+    validate_ref(repo.branch)
+    redactor = redactor or Redactor()
+    redactor.add(*repo.secret_values())
+    g = _open_clone(repo, workdir, redactor)
+    _sync(g, repo.branch)
+    reverted: set[str] = set()
+    for sha, message in _history(g, "HEAD", [target.path]):
+        trailers = parse_trailers(message)
+        if trailers.get(TRAILER_APP) != app or trailers.get(TRAILER_ENVIRONMENT) != environment:
+            continue
+        if TRAILER_REVERTS in trailers:
+            reverted.add(trailers[TRAILER_REVERTS])
+        elif sha not in reverted:
+            return sha, trailers
+    return None
+
+
 # ----------------------------------------------------------------------------- Prefect tasks
 
 

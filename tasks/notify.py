@@ -252,25 +252,35 @@ def send_pipeline_notification(
             return NotificationResult(delivered=False, skipped=True)
 
         text, blocks = build_message(_redact_outcome(outcome, redactor))
+    except Exception as exc:  # a notification must never fail the run
+        error = _clip(redactor.redact(_describe_error(exc, notifier)), _MAX_ERROR_CHARS)
+        logger.warning(redactor.redact(f"Slack notification was not built: {error}"))
+        return NotificationResult(delivered=False, error=error)
+    what = f"{outcome.app} {outcome.branch}@{outcome.commit[:7]} ({outcome.status})"
+    return send_slack_message(notifier, text, blocks, redactor, what=what)
+
+
+def send_slack_message(
+    notifier: SlackNotifier,
+    text: str,
+    blocks: list[dict[str, Any]],
+    redactor: Redactor,
+    *,
+    what: str,
+) -> NotificationResult:
+    """Post a built message (redacted here first); never raises, never waits past the
+    notifier's timeout. ``what`` names the message in the log lines."""
+    logger = _logger()
+    try:
+        redactor.add(*notifier.secret_values())
         text, blocks = redactor.redact(text), _redact_tree(blocks, redactor)
         deadline = notifier.timeout_seconds + _DEADLINE_GRACE_SECONDS
         _run_with_deadline(lambda: _post(notifier, text, blocks, redactor), deadline)
     except Exception as exc:  # a notification must never fail the run
         error = _clip(redactor.redact(_describe_error(exc, notifier)), _MAX_ERROR_CHARS)
-        logger.warning(
-            redactor.redact(
-                f"Slack notification for {outcome.app} {outcome.branch}@{outcome.commit[:7]} "
-                f"({outcome.status}) was not delivered: {error}"
-            )
-        )
+        logger.warning(redactor.redact(f"Slack notification for {what} was not delivered: {error}"))
         return NotificationResult(delivered=False, error=error)
-
-    logger.info(
-        redactor.redact(
-            f"Slack notification sent for {outcome.app} {outcome.branch}@{outcome.commit[:7]} "
-            f"({outcome.status})"
-        )
-    )
+    logger.info(redactor.redact(f"Slack notification sent for {what}"))
     return NotificationResult(delivered=True)
 
 

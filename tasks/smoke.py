@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -272,6 +272,7 @@ def run_smoke_checks(
     base_url: str | None,
     log: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
+    headers: Mapping[str, str] | None = None,
 ) -> SmokeResult:
     """Run every check in order (each with its retries) and sum them up.
 
@@ -282,6 +283,8 @@ def run_smoke_checks(
             Service's address; None when no check uses it.
         log: receives one line per attempt.
         sleep: waits between retries (injectable for tests).
+        headers: sent with every request, e.g. the cluster's bearer token when the
+            checks go through the Kubernetes API server's service proxy; never logged.
 
     Returns:
         ``Successful`` when every check passed, else ``Failed`` naming the checks.
@@ -308,7 +311,7 @@ def run_smoke_checks(
             raise ConfigError(str(exc)) from None
     for check in checks:  # configuration errors before the first request
         check.resolve_url(base_url)
-    with httpx.Client(follow_redirects=False) as client:
+    with httpx.Client(follow_redirects=False, headers=dict(headers or {})) as client:
         results = tuple(
             run_check(client, check, base_url=base_url, log=log, sleep=sleep) for check in checks
         )
@@ -336,6 +339,10 @@ def smoke_rows(result: SmokeResult) -> list[dict[str, Any]]:
 
 
 @task(name="smoke-test", cache_policy=NO_CACHE)  # a smoke test is about now, never cached
-def smoke_test(checks: Sequence[SmokeCheck], base_url: str | None = None) -> SmokeResult:
+def smoke_test(
+    checks: Sequence[SmokeCheck],
+    base_url: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> SmokeResult:
     """Run the smoke checks against an environment; see :func:`run_smoke_checks`."""
-    return run_smoke_checks(checks, base_url=base_url, log=get_run_logger().info)
+    return run_smoke_checks(checks, base_url=base_url, log=get_run_logger().info, headers=headers)

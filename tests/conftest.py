@@ -31,7 +31,12 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from tests.servers.git_http import commit_files, make_bare_repo  # noqa: E402
 from tests.servers.ports import free_port  # noqa: E402
 
-pytest_plugins = ["tests.servers.docker_engine", "tests.servers.kube_api"]
+pytest_plugins = [
+    "tests.servers.docker_engine",
+    "tests.servers.kube_api",
+    "tests.servers.pod_runner",
+    "tests.servers.prometheus",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 

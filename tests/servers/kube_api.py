@@ -72,8 +72,12 @@ Example:
         kube.wait_for(lambda: rollout_done(apps, kube.namespace), timeout=10)
     ```
 
-Run ``python -m tests.servers.kube_api --kubeconfig /tmp/kubeconfig`` for a
-stand-in in its own process (until interrupted).
+Run ``python -m tests.servers.kube_api --kubeconfig /tmp/kubeconfig`` (from the repo
+root) for a stand-in in its own process, on real time, until SIGTERM or SIGINT; its
+pods run the example app as local processes (``--pods process``, the default; see
+:mod:`tests.servers.pod_runner`), the pod's image on a Docker engine (``--pods
+docker``) or nothing (``--pods none``), and ``--file-sd PATH`` keeps a Prometheus
+file_sd JSON of the running pods. ``slipway.local_cluster`` starts it this way.
 """
 
 from __future__ import annotations
@@ -425,23 +429,77 @@ def _on_real_cluster(kubeconfig: Path, namespace: str, cache: Path) -> Iterator[
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve a stand-in until interrupted; write its kubeconfig where asked."""
+    """Serve a stand-in until SIGTERM or SIGINT; write its kubeconfig once it answers."""
+    from tests.servers.pod_runner import PodRunner
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--kubeconfig", type=Path, required=True, help="where to write it")
-    parser.add_argument("--namespace", default="default")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        help="a namespace to create (repeatable); the first is the kubeconfig's (default: default)",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="cluster seconds per second")
+    parser.add_argument(
+        "--pod-start-seconds", type=float, default=1.0, help="cluster seconds until a pod runs"
+    )
+    parser.add_argument(
+        "--pods",
+        choices=("process", "docker", "none"),
+        default="process",
+        help="what backs a pod: the example app as a local process, the pod's image on "
+        "$DOCKER_HOST, or nothing (simulated only)",
+    )
+    parser.add_argument("--file-sd", type=Path, help="Prometheus file_sd JSON of the pods")
+    parser.add_argument("--pod-logs", type=Path, help="folder for the pods' output")
+    parser.add_argument("--docker-host", help="the engine for --pods docker ($DOCKER_HOST)")
+    parser.add_argument(
+        "--image-env-from",
+        help="--pods process: a Docker engine to read APP_VERSION / ERROR_RATE from the image",
+    )
     args = parser.parse_args(argv)
+    namespaces = args.namespace or ["default"]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with KubeApiStandIn(speed=args.speed) as standin:
-        if standin.store.find(NAMESPACES, "", args.namespace) is None:
-            standin.create_namespace(args.namespace)
-        standin.write_kubeconfig(args.kubeconfig, args.namespace)
-        print(f"Kubernetes API stand-in (simulated cluster) at {standin.url}", flush=True)
-        try:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    runner = None
+    if args.pods != "none":
+        runner = PodRunner(
+            mode=args.pods,
+            file_sd=args.file_sd,
+            log_dir=args.pod_logs,
+            docker_host=args.docker_host,
+            image_env_from=args.image_env_from,
+            log=say,
+        )
+    standin = KubeApiStandIn(
+        speed=args.speed, pod_start_seconds=args.pod_start_seconds, pod_hook=runner
+    )
+    try:
+        with standin:
+            for namespace in namespaces:
+                if standin.store.find(NAMESPACES, "", namespace) is None:
+                    standin.create_namespace(namespace)
+            # write then rename: whoever waits for the file never reads half of it
+            partial = args.kubeconfig.with_name(f".{args.kubeconfig.name}.partial")
+            standin.write_kubeconfig(partial, namespaces[0])
+            os.replace(partial, args.kubeconfig)
+            backing = {"process": "local processes of the example app",
+                       "docker": "containers on the local Docker engine",
+                       "none": "not run (simulated only)"}[args.pods]  # fmt: skip
+            say(
+                f"SIMULATED cluster: Kubernetes API stand-in at {standin.url} "
+                f"(speed {args.speed:g}); pods are {backing}"
+            )
             stop.wait()
-        except KeyboardInterrupt:
-            pass
+            say("stopping the stand-in and its pods")
+    finally:
+        if runner is not None:
+            runner.close()
 
 
 if __name__ == "__main__":

@@ -86,15 +86,19 @@ class PrometheusProcess:
         targets: what to scrape (``/metrics``) every ``scrape_interval``.
         scrape_interval: Prometheus duration, e.g. ``"1s"``.
         basic_auth: ``(user, password)`` that the web API then requires.
+        file_sd: a file_sd JSON file (e.g. a PodRunner's) whose targets are scraped too,
+            re-read every second: pods come and go as a kubernetes_sd job would see them.
     """
 
     def __init__(
         self,
-        targets: Sequence[ScrapeTarget],
+        targets: Sequence[ScrapeTarget] = (),
         *,
         scrape_interval: str = "1s",
         basic_auth: tuple[str, str] | None = None,
+        file_sd: Path | None = None,
     ) -> None:
+        self.file_sd = file_sd
         self.targets = list(targets)
         self.scrape_interval = scrape_interval
         self.basic_auth = basic_auth
@@ -112,8 +116,15 @@ class PrometheusProcess:
             "scrape_configs:",
             "  - job_name: example-app",
             f"    scrape_timeout: {self.scrape_interval}",
-            "    static_configs:",
         ]
+        if self.file_sd is not None:
+            lines += [
+                "    file_sd_configs:",
+                f'      - files: ["{self.file_sd}"]',
+                "        refresh_interval: 1s",
+            ]
+        if self.targets:
+            lines.append("    static_configs:")
         for target in self.targets:
             lines.append(f'      - targets: ["{target.address}"]')
             if target.labels:
@@ -289,9 +300,12 @@ def _app_factory(stack: _Stack) -> Callable[..., ExampleApp]:
 
 def _prometheus_factory(stack: _Stack) -> Callable[..., PrometheusProcess]:
     def start(
-        targets: Sequence[ScrapeTarget] = (), *, basic_auth: tuple[str, str] | None = None
+        targets: Sequence[ScrapeTarget] = (),
+        *,
+        basic_auth: tuple[str, str] | None = None,
+        file_sd: Path | None = None,
     ) -> PrometheusProcess:
-        prometheus = PrometheusProcess(targets, basic_auth=basic_auth)
+        prometheus = PrometheusProcess(targets, basic_auth=basic_auth, file_sd=file_sd)
         stack.push(prometheus.stop)
         return prometheus.start()
 

@@ -1,0 +1,183 @@
+"""The CD half of the bundled example: blocks, a manifests repository, traffic, approvals.
+
+``slipway example`` deploys to a SIMULATED cluster (the Kubernetes API stand-in of
+``tests/servers``, whose pods are real local processes of the example app) because no
+apiserver can run on the machines slipway is developed on. Everything else is real:
+the GitOps repository (a local bare git repository), Prometheus scraping the pods,
+the Prefect approval form. This module saves the blocks the example's ``deploy:``
+section names, publishes the manifests once, sends steady traffic at production so
+the metric analysis has something to measure, and, when asked, approves as a named
+bot so an unattended run does not wait for a person.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import git
+import httpx
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
+from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
+from slipway.blocks.prometheus import PrometheusServer
+from slipway.example import EXAMPLE_DIR
+from slipway.local_cluster import LocalCluster
+from slipway.tasks.approval import ApprovalDecision, approve_run
+from slipway.workspace import slipway_home
+
+AUTO_APPROVER = "example-bot"
+HUMAN_APPROVER = "you@example.com"
+BLOCKS = {
+    "manifests": "example-app-manifests",
+    "approvals": "example-app-approvals",
+    "prometheus": "example-prometheus",
+    "cluster": "example-cluster",
+}
+
+
+def publish_manifests(source: Path = EXAMPLE_DIR / "k8s", home: Path | None = None) -> str:
+    """The example's GitOps repository: created once from ``k8s/``; later runs keep its
+    history (the bumps and reverts of earlier runs), as a team's repository would."""
+    remote = (home or slipway_home()) / "example" / "example-manifests.git"
+    if remote.exists():
+        return remote.as_uri()
+    seed = remote.with_name("manifests-seed")
+    shutil.rmtree(seed, ignore_errors=True)
+    shutil.copytree(source, seed)
+    repo = git.Repo.init(seed, initial_branch="main")
+    repo.git.add("--all")
+    repo.git.execute(
+        [
+            "git",
+            "-c",
+            "user.name=slipway example",
+            "-c",
+            "user.email=example@slipway.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "example-app manifests: base and overlays",
+        ]
+    )
+    git.Repo.init(remote, bare=True, initial_branch="main")
+    repo.git.push("--quiet", remote.as_uri(), "HEAD:refs/heads/main")
+    shutil.rmtree(seed, ignore_errors=True)
+    return remote.as_uri()
+
+
+def save_example_blocks(cluster: LocalCluster, manifests_url: str) -> None:
+    """Save (overwrite) the four blocks the example's ``deploy:`` names."""
+    ManifestsRepository(
+        url=manifests_url,
+        environments={
+            "staging": EnvironmentManifests(path="overlays/staging", kind="kustomize"),
+            "production": EnvironmentManifests(path="overlays/production", kind="kustomize"),
+        },
+        author_name="slipway example",
+        author_email="example@slipway.invalid",
+    ).save(BLOCKS["manifests"], overwrite=True)
+    ApprovalPolicy(
+        environments={
+            "production": EnvironmentApproval(
+                approvers=[HUMAN_APPROVER, AUTO_APPROVER], timeout_seconds=1800, branches=["main"]
+            )
+        }
+    ).save(BLOCKS["approvals"], overwrite=True)
+    PrometheusServer(url=cluster.prometheus_url).save(BLOCKS["prometheus"], overwrite=True)
+    config = yaml.safe_load(cluster.kubeconfig.read_text(encoding="utf-8"))
+    KubernetesCredentials(
+        cluster_config=KubernetesClusterConfig(
+            config=config, context_name=config["current-context"]
+        )
+    ).save(BLOCKS["cluster"], overwrite=True)
+
+
+class Traffic:
+    """Steady requests at production's Service through the API server's proxy, so the
+    metric analysis measures something (a real service gets its users' traffic)."""
+
+    def __init__(self, cluster: LocalCluster, per_second: float = 10.0) -> None:
+        config = yaml.safe_load(cluster.kubeconfig.read_text(encoding="utf-8"))
+        user = config["users"][0]["user"]
+        self._headers = {"Authorization": f"Bearer {user['token']}"} if "token" in user else {}
+        self._url = (
+            f"{cluster.api_url}/api/v1/namespaces/production/services/example-app:http/proxy/"
+        )
+        self._interval = 1 / per_second
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="example-traffic", daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=2, headers=self._headers) as client:
+            while not self._stop.wait(self._interval):
+                try:
+                    client.get(self._url)
+                except httpx.HTTPError:
+                    pass  # production is not there yet, or between colours
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class AutoApprover:
+    """Approves every pipeline run that pauses for a decision, as ``example-bot``: for
+    unattended runs (``--approve-automatically``). Without it the run waits in the UI."""
+
+    def __init__(self, poll: float = 1.0) -> None:
+        self._poll = poll
+        self._stop = threading.Event()
+        self._since = datetime.now(UTC)  # only runs this command started
+        self._thread = threading.Thread(target=self._run, name="auto-approver", daemon=True)
+
+    def _paused_runs(self) -> list[UUID]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+                    start_time=FlowRunFilterStartTime(after_=self._since),
+                ),
+                limit=20,
+            )
+        return [r.id for r in runs if r.state and r.state.name == "Paused"]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                for run_id in self._paused_runs():
+                    decision = ApprovalDecision(
+                        approve=True,
+                        approver=AUTO_APPROVER,
+                        reason="slipway example --approve-automatically",
+                    )
+                    approve_run(run_id, decision, timeout=10)
+                    print(f"approved flow run {run_id} as {AUTO_APPROVER}", flush=True)
+            except Exception as exc:  # keep approving; the run's own deadline still holds
+                print(f"auto-approver: {type(exc).__name__}: {exc}", flush=True)
+
+    def __enter__(self) -> AutoApprover:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
