@@ -70,6 +70,7 @@ from slipway.tasks.approval import (
     approval_markdown,
     check_branch_allowed,
     request_approval,
+    request_approval_suspended,
 )
 from slipway.tasks.gitops import BumpResult, bump_image, revert_bump
 from slipway.tasks.kube_apply import (
@@ -126,6 +127,9 @@ class Delivery:
     notifier: SlackNotifier | None
     default_cluster: str | None
     approval_poll: float = 1.0
+    # suspend (the process exits while it waits; needs a deployment run with persisted
+    # results) instead of pausing (the process waits)
+    suspend_for_approval: bool = False
 
     @property
     def digest(self) -> str:
@@ -313,13 +317,27 @@ async def _deliver_environment(
             check_branch_allowed(d.branch, policy, environment=name)
         except BranchNotAllowed as exc:
             return EnvironmentOutcome(name, "skipped", str(exc))
-        record = await request_approval(
-            environment=name,
-            policy=policy,
-            summary_markdown=_approval_summary(d, environment, done),
-            poll_interval=d.approval_poll,
-            log=get_run_logger(),  # type: ignore[arg-type]
+        summary = _approval_summary(d, environment, done)
+        log(
+            f"{name}: waiting for approval; open {d.run_url or 'the flow run in the Prefect UI'}"
+            ", press Resume and fill in the form (or `prefect flow-run resume`)"
         )
+        if d.suspend_for_approval:
+            record = await request_approval_suspended(
+                environment=name,
+                policy=policy,
+                summary_markdown=summary,
+                log=get_run_logger(),  # type: ignore[arg-type]
+                key=f"approval-{name}-build-{d.build_number}",
+            )
+        else:
+            record = await request_approval(
+                environment=name,
+                policy=policy,
+                summary_markdown=summary,
+                poll_interval=d.approval_poll,
+                log=get_run_logger(),  # type: ignore[arg-type]
+            )
         await acreate_markdown_artifact(
             key=_key(d.app, f"approval-{name}"),
             markdown=approval_markdown(record),

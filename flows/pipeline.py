@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -55,7 +55,7 @@ from slipway.tasks.stages import (
     stage_environment,
     stage_task,
 )
-from slipway.workspace import inside, new_workspace, next_build_number
+from slipway.workspace import build_number_for_run, inside, new_workspace
 
 _URLISH = re.compile(r"[/:]")
 
@@ -408,6 +408,14 @@ async def pipeline(
         str | None,
         Field(description="KubernetesCredentials block for environments that name none."),
     ] = None,
+    approval_wait: Annotated[
+        Literal["auto", "pause", "suspend"],
+        Field(
+            description="How a run waits for approval: pause (the process waits), suspend "
+            "(it exits and the run resumes from its deployment, reusing persisted results), "
+            "auto = suspend when started from a deployment."
+        ),
+    ] = "auto",
 ) -> PipelineReport:
     """Run the repository's pipeline file.
 
@@ -454,7 +462,7 @@ async def pipeline(
         spec: Pipeline = await spec_state.aresult()
         app = spec.app
         pipeline_env = {**spec.env, **overrides.env}
-        build_number = next_build_number(app)
+        build_number = build_number_for_run(app, run_id)
         run_vars = {
             "CI": "true",
             "SLIPWAY_BUILD_NUMBER": str(build_number),
@@ -503,8 +511,19 @@ async def pipeline(
         )
         if report.status == "success" and spec.deploy is not None and environments != []:
             step = "deploy"
+            suspend = approval_wait == "suspend" or (
+                approval_wait == "auto" and flow_run is not None and flow_run.deployment_id
+            )
             report = await _deliver(
-                spec, report, context, run_id, slack, environments, cluster, started
+                spec,
+                report,
+                context,
+                run_id,
+                slack,
+                environments,
+                cluster,
+                started,
+                suspend=bool(suspend),
             )
     except SlipwayError as exc:
         report = PipelineReport(
@@ -555,6 +574,8 @@ async def _deliver(
     only: list[str] | None,
     cluster: str | None,
     started: float,
+    *,
+    suspend: bool,
 ) -> PipelineReport:
     """The CD half: take the pushed image through the environments (flows/deliver.py)."""
     deploy = _deploy_spec(spec, only)
@@ -580,6 +601,7 @@ async def _deliver(
         prometheus=prometheus,
         notifier=slack,
         default_cluster=cluster,
+        suspend_for_approval=suspend,
     )
     outcomes = await deliver(delivery)
     failed = next((o for o in outcomes if not o.ok and o.status != "not-run"), None)

@@ -131,11 +131,7 @@ def _example_delivery(args: argparse.Namespace) -> Iterator[object]:
     )
     from slipway.local_cluster import ensure_local_cluster
 
-    cluster = ensure_local_cluster(pods=args.pods)
-    print(
-        f"cluster: SIMULATED (Kubernetes API stand-in at {cluster.api_url}; its pods are local "
-        f"processes of the example app). Prometheus: {cluster.prometheus_url}"
-    )
+    cluster = ensure_local_cluster(pods=args.pods)  # logs that it is SIMULATED
     manifests = publish_manifests()
     print(f"GitOps manifests repository: {manifests}")
     save_example_blocks(cluster, manifests)

@@ -12,6 +12,7 @@ bot so an unattended run does not wait for a person.
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import threading
 from datetime import UTC, datetime
@@ -147,7 +148,11 @@ class AutoApprover:
         self._poll = poll
         self._stop = threading.Event()
         self._since = datetime.now(UTC)  # only runs this command started
-        self._thread = threading.Thread(target=self._run, name="auto-approver", daemon=True)
+        # Prefect's settings (the API URL) live in context variables: take them along
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="auto-approver", daemon=True
+        )
 
     def _paused_runs(self) -> list[UUID]:
         with get_client(sync_client=True) as client:

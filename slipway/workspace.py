@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from slipway.exceptions import UnsafeInputError
@@ -30,9 +31,27 @@ def inside(root: Path, relative: str) -> Path:
 
 
 def new_workspace(app: str, run_id: str) -> Path:
+    """An empty workspace for the run. A run that starts again (resumed after a suspend,
+    or retried) gets a clean one: what it had is rebuilt from the checkout and caches."""
     path = slipway_home() / "workspaces" / app / run_id
-    path.mkdir(parents=True, exist_ok=False)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
     return path
+
+
+def build_number_for_run(app: str, run_id: str) -> int:
+    """The run's build number: a new one the first time, the same one when the run
+    executes again (resumed after a suspended approval), so its commits and image tags
+    keep naming one build."""
+    folder = slipway_home() / "build-numbers" / f"{app}.runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = inside(folder, run_id)
+    if record.is_file() and record.read_text().strip().isdigit():
+        return int(record.read_text().strip())
+    number = next_build_number(app)
+    record.write_text(str(number))
+    return number
 
 
 def next_build_number(app: str) -> int:
