@@ -15,11 +15,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import git
 import pytest
 
 from slipway.example import publish_example
 from slipway.flows.pipeline import run_pipeline
+from slipway.local_cluster import stop_local_cluster
 from slipway.local_docker import registry_answers, start_registry
+from slipway.tasks.gitops import parse_trailers
 from tests.flows.prefect_api import artifacts, task_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +66,10 @@ def test_example_app_pipeline_runs_for_real_on_a_prefect_server(
     on_server, slipway_home, example_services
 ):
     url = publish_example(home=slipway_home)
-    state = run_pipeline(repository=url)
+    state = run_pipeline(repository=url, environments=[])  # the CI half; CD: the next test
     report = state.result()
     assert state.is_completed(), state.message
+    assert report.environments == ()
     assert {s.name: s.status for s in report.stages} == dict.fromkeys(STAGES, "passed")
     unit = report.stage("unit").tests
     integration = report.stage("integration").tests
@@ -106,7 +110,7 @@ def test_example_app_pipeline_runs_for_real_on_a_prefect_server(
         "example-app-images",
     } <= set(found)
 
-    again = run_pipeline(repository=url).result()
+    again = run_pipeline(repository=url, environments=[]).result()
     statuses = {s.name: s.status for s in again.stages}
     # image stages are never reused from a cache (an engine's images come and go);
     # everything else is, the code scan only on the same day under the same policy
@@ -133,15 +137,27 @@ def test_readme_main_command_runs_the_example_and_says_where_to_look(
         "SLIPWAY_HOME": str(tmp_path / "home"),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "slipway", "example"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "slipway", "example", "--approve-automatically"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+    finally:
+        stop_local_cluster(tmp_path / "home")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # the CD half, on the SIMULATED cluster, said so, approved by the example's bot
+    assert "SIMULATED cluster" in done.stdout
+    assert re.search(r"deploy staging\s+🚀 deployed", done.stdout), done.stdout[-3000:]
+    assert re.search(r"deploy production\s+🚀 deployed", done.stdout), done.stdout[-3000:]
+    assert "approved flow run" in done.stdout and "example-bot" in done.stdout
+    manifests = git.Repo(tmp_path / "home" / "example" / "example-manifests.git")
+    trailers = [parse_trailers(c.message) for c in manifests.iter_commits("main")]
+    assert [t.get("Slipway-Environment") for t in trailers[:2]] == ["production", "staging"]
+    assert trailers[0].get("Slipway-Approver") == "example-bot"
     base = prefect_server.removesuffix("/api")
     assert re.search(
         rf"watch it in the Prefect UI: {re.escape(base)}/runs/flow-run/[0-9a-f-]{{36}}", done.stdout
