@@ -130,6 +130,8 @@ class Delivery:
     # suspend (the process exits while it waits; needs a deployment run with persisted
     # results) instead of pausing (the process waits)
     suspend_for_approval: bool = False
+    # what CI said about this commit (stage: status, tests, gates), for the approval form
+    ci_summary: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -231,7 +233,11 @@ def _history_annotations(d: Delivery, environment: str, bump: BumpResult, approv
     return {key: value for key, value in values.items() if value}
 
 
-def _approval_summary(d: Delivery, environment: Environment, done: Sequence[EnvironmentOutcome]):  # noqa: ANN202
+def _approval_summary(
+    d: Delivery, environment: Environment, done: Sequence[EnvironmentOutcome]
+) -> str:
+    """What the approver sees above the form: what is released, how CI and the earlier
+    environments went."""
     lines = [
         f"## Release {d.app} build {d.build_number} to `{environment.name}`",
         "",
@@ -241,8 +247,11 @@ def _approval_summary(d: Delivery, environment: Environment, done: Sequence[Envi
     ]
     if d.run_url:
         lines.append(f"- pipeline run: {d.run_url}")
-    for outcome in done:
-        lines.append(f"- {outcome.name}: {outcome.status} {outcome.reason}".rstrip())
+    if d.ci_summary:
+        lines += ["", "CI:", *(f"- {line}" for line in d.ci_summary)]
+    if done:
+        lines += ["", "Environments so far:"]
+        lines += [f"- {o.name}: {o.status} {o.reason}".rstrip() for o in done]
     return "\n".join(lines)
 
 

@@ -4,7 +4,11 @@ Composition only: every piece of work is a task from ``slipway.tasks``; this
 module decides order, parallelism, skips, caching and what the run reports.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: Prefect builds the flow's parameter
+# model from its annotations, and a served flow (``pipeline.serve()``; Prefect's runner
+# uses run_flow_in_subprocess) reaches its process cloudpickled *by value* with only
+# the globals its body uses, so string annotations naming ``Annotated`` or ``Field``
+# could not be resolved there ("PipelineModel is not fully defined").
 
 import asyncio
 import concurrent.futures
@@ -142,6 +146,7 @@ async def _run_stages(
     context: StageContext,
     pipeline_env: dict[str, str],
     refresh_cache: bool,
+    run_id: str,
 ) -> None:
     logger = get_run_logger()
     default_delays = pipeline.defaults.retries.delays()
@@ -195,7 +200,9 @@ async def _run_stages(
                 refresh=refresh_cache,
             )
             upstream = [results[n] for n in needed(stage) if n in results]
-            future = stage_run.submit(stage, context, key if stage.cacheable else None, upstream)
+            # not reused across runs, but within one: an execution after a suspend reuses it
+            key = key if stage.cacheable else f"{key}-run-{run_id}"
+            future = stage_run.submit(stage, context, key, upstream)
             running[future.wrapped_future] = (stage, future, time.monotonic())
         if not running:
             if walker.done:
@@ -221,7 +228,7 @@ async def _run_stages(
                         checkout_result.short_sha,
                         restored,
                     )
-                if result.cache_key:
+                if result.cache_key and stage.cacheable:
                     keys[stage.name] = result.cache_key
                 results[stage.name] = result
                 walker.record(
@@ -492,7 +499,7 @@ async def pipeline(
             branch=branch_name, env=context.env, changed_files=result.changed_files
         )
         walker = StageWalker(spec, _decider(spec, overrides, conditions))
-        await _run_stages(spec, walker, result, context, pipeline_env, refresh_cache)
+        await _run_stages(spec, walker, result, context, pipeline_env, refresh_cache, run_id)
         outcomes = walker.ordered()
         failed = next(
             (o for o in outcomes if o.status == "failed" and o.group is None),
@@ -565,6 +572,29 @@ def _deploy_spec(spec: Pipeline, only: list[str] | None) -> DeploySpec:
     return spec.deploy.model_copy(update={"environments": chosen})
 
 
+def _ci_summary(report: PipelineReport) -> tuple[str, ...]:
+    """One line per top-level stage, with test counts and gate / scan verdicts."""
+    lines = []
+    for stage in report.stages:
+        if stage.group is not None:
+            continue
+        extra = []
+        suites = [s.tests for s in report.stages if s.tests and s.group == stage.name]
+        if stage.tests:
+            suites.append(stage.tests)
+        if suites:
+            total = sum(t.tests for t in suites)
+            failed = sum(len(t.problems) for t in suites)
+            extra.append(f"{total} tests, {failed} failed")
+        if stage.gate is not None:
+            extra.append(f"gate {stage.gate.phase}")
+        if stage.scan is not None:
+            extra.append(f"scan {stage.scan.phase}")
+        note = f" ({', '.join(extra)})" if extra else ""
+        lines.append(f"{stage.name}: {stage.status}{note}")
+    return tuple(lines)
+
+
 async def _deliver(
     spec: Pipeline,
     report: PipelineReport,
@@ -602,6 +632,7 @@ async def _deliver(
         notifier=slack,
         default_cluster=cluster,
         suspend_for_approval=suspend,
+        ci_summary=_ci_summary(report),
     )
     outcomes = await deliver(delivery)
     failed = next((o for o in outcomes if not o.ok and o.status != "not-run"), None)

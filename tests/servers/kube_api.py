@@ -58,10 +58,10 @@ Pod hook (``kube.set_pod_hook(hook)``): ``hook(PodEvent)`` is called from the
 controller thread, outside the store's lock, with ``action="start"`` when a pod is
 due to start and ``"stop"`` when it is gone (deleted, scaled away, its namespace
 deleted, the stand-in stopped). ``event.pod_ip`` is a loopback address of its own
-(``127.1.x.y``): bind the pod's process there at its container ports, and Endpoints
-and ``services/<name>:<port>/proxy/...`` on the API reach it. Return
-``PodStarted(ready=callable)`` to gate readiness on the process (a readiness probe);
-an exception fails the pod (CrashLoopBackOff) and lands in ``standin.errors``.
+(``127.o.x.y``, the second octet random per stand-in): bind the pod's process there
+at its container ports, and Endpoints and ``services/<name>:<port>/proxy/...`` on the
+API reach it. Return ``PodStarted(ready=callable)`` to gate readiness on the process
+(a readiness probe); an exception fails the pod (CrashLoopBackOff) and lands in ``standin.errors``.
 
 Example:
     ```python

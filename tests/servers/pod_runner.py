@@ -18,7 +18,7 @@ stand-in starts it runs the pod's main container for real:
 The main container is the first one that declares a port (else the first one); other
 containers are not run. ``valueFrom`` env entries are not resolved (the hook does not
 read ConfigMaps or Secrets). Each pod binds its own loopback address (the stand-in's
-``127.1.x.y``; another free ``127.a.b.c`` when something else already listens there,
+``127.o.x.y``; another free ``127.a.b.c`` when something else already listens there,
 reported back as the pod IP), so two pods, or two stand-ins on one machine, never
 fight over a port.
 

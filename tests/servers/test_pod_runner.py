@@ -227,11 +227,13 @@ def test_scaling_down_stops_processes_and_updates_the_file_sd(
 def test_a_pod_whose_address_is_taken_moves_to_a_free_one(
     kube: KubeCluster, process_pods: PodRunner
 ) -> None:
-    # the stand-in hands its first pod 127.1.0.3: something else listens there already
+    # something else listens where the stand-in puts its first pod already
+    assert kube.standin is not None
+    first = f"127.{kube.standin.simulation.loopback_octet}.0.3"
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            squatter.bind(("127.1.0.3", 8080))
+            squatter.bind((first, 8080))
             squatter.listen()
         except OSError:
             pass  # taken by someone else: just as good
@@ -239,7 +241,7 @@ def test_a_pod_whose_address_is_taken_moves_to_a_free_one(
         c.deploy(example_app("web"))
         kube.wait_for(lambda: c.ready("web") == 1, message="a ready pod")
         (pod,) = c.pods("web")
-        assert pod.status.pod_ip != "127.1.0.3"
+        assert pod.status.pod_ip != first
         assert c.proxy("web", "readyz")["status"] == "ready"
 
 

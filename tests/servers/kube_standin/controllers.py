@@ -39,8 +39,8 @@ The pod hook lets a test back pods with real local processes: it is called (outs
 the store lock, from the controller thread) with a :class:`PodEvent` when a pod is
 to start and when it is gone; its :class:`PodStarted` answer can carry the pod IP
 to report and a readiness callable. With a hook installed, pods get loopback IPs
-(``127.1.x.y``) so that each pod's process can bind its own address at the
-container port and Endpoints list addresses that really answer.
+(``127.o.x.y``, ``o`` random per stand-in) so that each pod's process can bind its
+own address at the container port and Endpoints list addresses that really answer.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import copy
 import hashlib
 import itertools
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -181,6 +182,9 @@ class Simulation:
         self._pods: dict[str, _Pod] = {}
         self._pod_ips = itertools.count(2)
         self._loopback_ips = itertools.count(2)
+        # a second octet of its own per stand-in: pods of one stand-in that are still
+        # stopping never hold the address a pod of the next one is given
+        self.loopback_octet = random.randint(2, 254)
         self._wake = threading.Event()
         self._due: list[float] = []  # cluster times at which the last pass expects a change
         self._probing = False
@@ -404,7 +408,8 @@ class Simulation:
                     state.restarts = 1
                 elif self.pod_hook is not None:
                     state.phase = "starting"
-                    ip = f"127.1.{(n := next(self._loopback_ips)) // 250}.{n % 250 + 1}"
+                    n = next(self._loopback_ips)
+                    ip = f"127.{self.loopback_octet}.{n // 250}.{n % 250 + 1}"
                     state.ip = ip
                     event = PodEvent(
                         "start", meta["namespace"], meta["name"], uid, ip, copy.deepcopy(pod)
