@@ -187,7 +187,7 @@ def branch_allowed(environment: Environment, branch: str) -> bool:
     return any(glob.globmatch(branch, p, flags=_GLOB_FLAGS) for p in environment.branches)
 
 
-async def _deploy_slot_limit(name: str) -> None:
+async def ensure_deploy_slot_limit(name: str) -> None:
     """Create the limit (1 slot) the first time; concurrent creators race harmlessly."""
     async with get_client() as client:
         try:
@@ -359,7 +359,7 @@ async def _deliver_environment(
             return EnvironmentOutcome(name, "rejected", _decision_text(record))
         approver = record.approver
     limit = slot_name(d.app, name)
-    await _deploy_slot_limit(limit)
+    await ensure_deploy_slot_limit(limit)
     wait = environment.busy_timeout if environment.on_busy == "wait" else 1.0
     try:
         async with concurrency(limit, occupy=1, timeout_seconds=wait, strict=True):

@@ -430,6 +430,23 @@ async def pipeline(
     run ends, which costs up to a second per run; the async engine does not wait
     for it, and heartbeats (crash detection) are still sent. Blocking work runs in
     task threads; the flow only waits for it.
+
+    Args:
+        repository: AppRepository block name, or a clone URL / local path.
+        branch: branch to build (default: the repository's default branch).
+        commit: tag or full SHA to build instead of the branch head.
+        base: base commit for changesets (default: the commit's parent).
+        stages: run only these stages (the others show as skipped).
+        skip_stages: stages to skip.
+        env: extra pipeline environment variables.
+        notifier: SlackNotifier block name.
+        refresh_cache: rerun every stage, ignoring cached results.
+        keep_workspace: keep the workspace after a successful run.
+        environments: deploy only to these environments of `deploy:` ([] = CI only).
+        cluster: KubernetesCredentials block for environments that name none.
+        approval_wait: how a run waits for approval: pause (the process waits),
+            suspend (it exits; the run resumes from its deployment, reusing cached
+            stages), auto = suspend when started from a deployment.
     """
     logger = get_run_logger()
     started = time.monotonic()

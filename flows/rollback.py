@@ -95,7 +95,7 @@ from slipway.exceptions import (
     UnsafeInputError,
     retry_temporary_errors,
 )
-from slipway.flows.deliver import _deploy_slot_limit, slot_name
+from slipway.flows.deliver import ensure_deploy_slot_limit, slot_name
 from slipway.redact import Redactor
 from slipway.spec_types import NAME_PATTERN
 from slipway.tasks.gitops import (
@@ -803,7 +803,7 @@ async def rollback(
         run_url=url_for(flow_run) if flow_run else None,
     )
     limit = slot_name(app, environment)
-    await _deploy_slot_limit(limit)
+    await ensure_deploy_slot_limit(limit)
     workdir = new_workspace(app, f"rollback-{run_id}")
     holding = False
     try:

@@ -38,7 +38,7 @@ from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.blocks.notifications import SlackNotifier
 from slipway.blocks.prometheus import PrometheusServer
 from slipway.deploy_spec import DeploySpec
-from slipway.flows.deliver import Delivery, _deploy_slot_limit, deliver, slot_name
+from slipway.flows.deliver import Delivery, deliver, ensure_deploy_slot_limit, slot_name
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome
 from slipway.tasks.approval import ApprovalDecision, approve_run
@@ -419,7 +419,7 @@ def test_a_branch_not_allowed_stops_before_production(stack: Stack) -> None:
 def test_a_second_production_deploy_fails_while_the_slot_is_held(stack: Stack) -> None:
     async def hold_and_deliver() -> EnvironmentOutcome:
         limit = slot_name(APP, "production")
-        await _deploy_slot_limit(limit)
+        await ensure_deploy_slot_limit(limit)
         async with concurrency(limit, occupy=1, strict=True):
             running = Running(
                 stack.delivery({"environments": [production(approval=False, on_busy="fail")]}, GOOD)
@@ -445,7 +445,7 @@ def test_a_release_that_never_becomes_ready_is_rolled_back(stack: Stack) -> None
 def test_deploy_slot_limits_are_created_once(stack: Stack) -> None:
     async def twice() -> int:
         name = slot_name(APP, "staging")
-        await asyncio.gather(_deploy_slot_limit(name), _deploy_slot_limit(name))
+        await asyncio.gather(ensure_deploy_slot_limit(name), ensure_deploy_slot_limit(name))
         async with get_client() as c:
             return (await c.read_global_concurrency_limit_by_name(name)).limit
 

@@ -30,7 +30,7 @@ from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.blocks.notifications import SlackNotifier
 from slipway.deploy_spec import DeploySpec
 from slipway.exceptions import ConfigError, DeployBusy, UnsafeInputError
-from slipway.flows.deliver import Delivery, _deploy_slot_limit, deliver, slot_name
+from slipway.flows.deliver import Delivery, deliver, ensure_deploy_slot_limit, slot_name
 from slipway.flows.rollback import (
     RollbackReport,
     check_inputs,
@@ -465,7 +465,7 @@ def test_a_running_deploy_holds_the_rollback_off(world: World) -> None:
 
     async def while_a_deploy_runs() -> State:
         limit = slot_name(APP, "staging")
-        await _deploy_slot_limit(limit)
+        await ensure_deploy_slot_limit(limit)
         async with concurrency(limit, occupy=1, strict=True):
             return await rollback(  # type: ignore[misc]
                 app=APP, environment="staging", namespace=world.namespace,
