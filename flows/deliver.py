@@ -39,10 +39,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pydantic
 from prefect import get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -105,6 +107,7 @@ from slipway.tasks.strategy_objects import find_deployment, find_service
 _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE
 RELEASE_LABEL = "slipway.dev/release"
 Log = Callable[[str], None]
+BlockT = TypeVar("BlockT", bound=Block)
 
 
 @dataclass
@@ -146,11 +149,19 @@ class Delivery:
 async def load_delivery_blocks(
     spec: DeploySpec, redactor: Redactor
 ) -> tuple[ManifestsRepository, ApprovalPolicy | None, PrometheusServer | None]:
-    """Load the blocks up front: a missing one fails before anything is deployed."""
-    manifests = await ManifestsRepository.aload(spec.manifests)
+    """Load the blocks up front: a missing or invalid one fails before anything is deployed."""
+    manifests = await _load_block(ManifestsRepository, spec.manifests, "deploy.manifests")
     redactor.add(*manifests.secret_values())
-    approvals = await ApprovalPolicy.aload(spec.approval_policy) if spec.approval_policy else None
-    prometheus = await PrometheusServer.aload(spec.prometheus) if spec.prometheus else None
+    approvals = (
+        await _load_block(ApprovalPolicy, spec.approval_policy, "deploy.approval_policy")
+        if spec.approval_policy
+        else None
+    )
+    prometheus = (
+        await _load_block(PrometheusServer, spec.prometheus, "deploy.prometheus")
+        if spec.prometheus
+        else None
+    )
     if prometheus is not None:
         redactor.add(*prometheus.secret_values())
     for environment in spec.environments:
@@ -163,6 +174,25 @@ async def load_delivery_blocks(
         if environment.approval and approvals is not None:
             approvals.for_environment(environment.name)
     return manifests, approvals, prometheus
+
+
+async def _load_block(block_type: type[BlockT], name: str, where: str) -> BlockT:
+    """``block_type.aload(name)``, with Prefect's errors turned into a ConfigError that
+    names the block and, for a document that fails validation (one saved through the
+    API or an older version), each bad field and why (pydantic's message, never the
+    input value, so no secret is repeated)."""
+    try:
+        return await block_type.aload(name)
+    except RuntimeError as exc:  # Prefect: "Unable to load ... due to failed validation"
+        cause = exc.__cause__
+        if not isinstance(cause, pydantic.ValidationError):
+            raise
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in cause.errors()
+        )
+        raise ConfigError(
+            f"{where}: {block_type.__name__} block {name!r} is invalid: {problems}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -382,6 +412,13 @@ async def _deploy(
 ) -> EnvironmentOutcome:
     name = environment.name
     workdir = d.workspace / "manifests" / name
+    # The cluster first: a deploy is a commit, so nothing is committed for a cluster
+    # that is not there (a later sync would apply it untested).
+    cluster = environment.cluster or d.default_cluster
+    if cluster is None:
+        raise ConfigError(f"deploy.environments {name!r}: no 'cluster' block and no default")
+    api = await load_cluster(cluster)
+    await asyncio.to_thread(check_reachable, api)
     bump: BumpResult = await _run(
         f"bump-{name}",
         bump_image,
@@ -399,13 +436,20 @@ async def _deploy(
     )
     if bump.superseded_by is not None:
         return EnvironmentOutcome(name, "superseded", bump.note, image=d.image)
+    outcome = EnvironmentOutcome(
+        name,
+        "deployed",
+        bump.note,
+        image=d.image,
+        manifests_commit=bump.commit_sha,
+        approver=approver,
+    )
     target = d.manifests.environments[name]
-    objects = _with_release_label(render_manifests(workdir, target.path, target.kind), d.release_id)
-    cluster = environment.cluster or d.default_cluster
-    if cluster is None:
-        raise ConfigError(f"deploy.environments {name!r}: no 'cluster' block and no default")
-    api = await load_cluster(cluster)
-    await asyncio.to_thread(check_reachable, api)
+    try:
+        rendered = render_manifests(workdir, target.path, target.kind)
+    except SlipwayError as exc:  # the commit cannot be deployed: take it back out of git
+        return await _revert_only(d, outcome, bump, f"manifests not rendered: {exc}", log)
+    objects = _with_release_label(rendered, d.release_id)
     release = Release(
         app=d.app,
         environment=name,
@@ -415,14 +459,6 @@ async def _deploy(
         annotations=_history_annotations(d, name, bump, approver),
         deployment=environment.deployment,
         service=environment.service,
-    )
-    outcome = EnvironmentOutcome(
-        name,
-        "deployed",
-        bump.note,
-        image=d.image,
-        manifests_commit=bump.commit_sha,
-        approver=approver,
     )
     try:
         state: DeployState = await _run(

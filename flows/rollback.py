@@ -61,9 +61,10 @@ truth) and the cluster.
 The pipeline file (with the environment's strategy spec) lives in the app's
 repository, which this flow does not read: a canary's VirtualService is found by its
 default name (the app's Service), and blue-green's preview Service by its default.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations``: a flow sent to another process (Prefect's
+runner) must resolve its parameter annotations there.
+"""
 
 import asyncio
 import re

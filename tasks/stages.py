@@ -22,7 +22,6 @@ from typing import Any
 
 import docker
 from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from wcmatch import glob
@@ -435,14 +434,14 @@ def stage_task(
         "retry_delay_seconds": delays or 0,
         "timeout_seconds": timeout,
     }
-    if stage.cacheable:
-        options.update(
-            cache_key_fn=_key_from_parameters,
-            cache_expiration=CACHE_EXPIRATION,
-            refresh_cache=refresh,
-        )
-    else:
-        options.update(cache_policy=NO_CACHE)
+    # Keyed by the flow (no key: never reused). A stage that is not reused across runs
+    # (images, image scans, cache: false) gets a key scoped to its run, so a run that
+    # executes again (resumed after a suspended approval) does not rebuild or push again.
+    options.update(
+        cache_key_fn=_key_from_parameters,
+        cache_expiration=CACHE_EXPIRATION,
+        refresh_cache=refresh,
+    )
     return _base_stage_task.with_options(**options)
 
 
