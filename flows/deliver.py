@@ -634,19 +634,9 @@ async def _roll_back(
     except DeployError as exc:  # a first deploy has nothing to go back to
         seconds = None
         why = f"{why}; the cluster was not rolled back: {d.redactor.redact(str(exc))}"
-    reverted = None
-    if bump.changed:
-        revert = await _run(
-            f"revert-{name}",
-            revert_bump,
-            d.manifests,
-            commit_sha=bump.commit_sha,
-            reason=f"automatic rollback of build {d.build_number}: {why}",
-            workdir=d.workspace / "manifests" / name,
-            redactor=d.redactor,
-            log=log,
-        )
-        reverted = revert.commit_sha if revert.changed else None
+    reverted = await _revert(
+        d, name, bump, f"automatic rollback of build {d.build_number}: {why}", log
+    )
     outcome = replace(
         outcome,
         status="rolled-back" if seconds is not None else "failed",
@@ -678,21 +668,30 @@ async def _revert_only(
     """The cluster refused the release before anything changed: revert the commit so a
     later sync does not try again, and report the environment failed."""
     why = d.redactor.redact(why)
-    reverted = None
-    if bump.changed:
-        revert = await _run(
-            f"revert-{outcome.name}",
-            revert_bump,
-            d.manifests,
-            commit_sha=bump.commit_sha,
-            reason=f"build {d.build_number} could not be deployed: {why}",
-            workdir=d.workspace / "manifests" / outcome.name,
-            redactor=d.redactor,
-            log=log,
-        )
-        reverted = revert.commit_sha if revert.changed else None
+    reason = f"build {d.build_number} could not be deployed: {why}"
+    reverted = await _revert(d, outcome.name, bump, reason, log)
     await _tell(d, f":x: {d.app} build {d.build_number} failed to deploy to {outcome.name}", why)
     return replace(outcome, status="failed", reason=why, revert_commit=reverted)
+
+
+async def _revert(
+    d: Delivery, environment: str, bump: BumpResult, reason: str, log: Log
+) -> str | None:
+    """Revert the bump commit (GitOps: a later sync must not re-apply it); the revert
+    commit's SHA, or None when there was nothing to revert."""
+    if not bump.changed:
+        return None
+    revert = await _run(
+        f"revert-{environment}",
+        revert_bump,
+        d.manifests,
+        commit_sha=bump.commit_sha,
+        reason=reason,
+        workdir=d.workspace / "manifests" / environment,
+        redactor=d.redactor,
+        log=log,
+    )
+    return revert.commit_sha if revert.changed else None
 
 
 async def _tell(d: Delivery, title: str, body: str) -> None:

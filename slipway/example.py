@@ -21,6 +21,23 @@ _IGNORED = shutil.ignore_patterns(
 )
 
 
+def commit_all(repo: git.Repo, message: str) -> None:
+    """Commit what is staged as the example's author (no user config needed)."""
+    repo.git.execute(
+        [
+            "git",
+            "-c",
+            "user.name=slipway example",
+            "-c",
+            "user.email=example@slipway.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            message,
+        ]
+    )
+
+
 def publish_example(source: Path = EXAMPLE_DIR, home: Path | None = None) -> str:
     """Mirror ``source`` into a local bare repo; return its clone URL."""
     base = (home or slipway_home()) / "example"
@@ -38,18 +55,6 @@ def publish_example(source: Path = EXAMPLE_DIR, home: Path | None = None) -> str
     shutil.copytree(source, work, ignore=_IGNORED, dirs_exist_ok=True)
     repo.git.add("--all")
     if repo.is_dirty(index=True, untracked_files=True) or not repo.head.is_valid():
-        repo.git.execute(
-            [
-                "git",
-                "-c",
-                "user.name=slipway example",
-                "-c",
-                "user.email=example@slipway.invalid",
-                "commit",
-                "--quiet",
-                "-m",
-                "example-app: snapshot of slipway's examples/example-app",
-            ]
-        )
+        commit_all(repo, "example-app: snapshot of slipway's examples/example-app")
     repo.git.push("--quiet", "origin", "HEAD:refs/heads/main")
     return remote.as_uri()

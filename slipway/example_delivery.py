@@ -36,7 +36,7 @@ from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCr
 from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
 from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.blocks.prometheus import PrometheusServer
-from slipway.example import EXAMPLE_DIR
+from slipway.example import EXAMPLE_DIR, commit_all
 from slipway.local_cluster import LocalCluster
 from slipway.tasks.approval import ApprovalDecision, approve_run
 from slipway.workspace import slipway_home
@@ -62,19 +62,7 @@ def publish_manifests(source: Path = EXAMPLE_DIR / "k8s", home: Path | None = No
     shutil.copytree(source, seed)
     repo = git.Repo.init(seed, initial_branch="main")
     repo.git.add("--all")
-    repo.git.execute(
-        [
-            "git",
-            "-c",
-            "user.name=slipway example",
-            "-c",
-            "user.email=example@slipway.invalid",
-            "commit",
-            "--quiet",
-            "-m",
-            "example-app manifests: base and overlays",
-        ]
-    )
+    commit_all(repo, "example-app manifests: base and overlays")
     git.Repo.init(remote, bare=True, initial_branch="main")
     repo.git.push("--quiet", remote.as_uri(), "HEAD:refs/heads/main")
     shutil.rmtree(seed, ignore_errors=True)
