@@ -114,6 +114,16 @@ def prefect_server(home: Path, port: int | None = None) -> Iterator[PrefectServe
             proc.wait()
 
 
+def flush_to_server() -> None:
+    """Send the logs and events Prefect's background workers still hold while the server
+    is up: left for interpreter exit, they retry a stopped server for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
+
+
 def server_peak_rss_kb(server: PrefectServer) -> int | None:
     return _peak_rss_kb(server.pid)
 

@@ -480,7 +480,9 @@ def measure_ci_flow(bench: Bench, engine: Engine, publish: Any, layer_cache: str
     box = bench.boxes.fresh(f"ci-flow-{layer_cache}")
     url = publish(home=box.home)
     with docker_host(engine.url):
-        measured = bench.pipeline(f"ci_flow_{layer_cache}", url, box)
+        # CI only (environments=[]): the example's deploy: needs its CD blocks and a
+        # cluster; bench.delivery measures the CD half.
+        measured = bench.pipeline(f"ci_flow_{layer_cache}", url, box, environments=[])
     report = measured.run.report
     pipeline = load_pipeline(EXAMPLE_DIR / "slipway.yaml", display_name="slipway.yaml")
     if any(s.status == "cached" for s in report.stages):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.delivery import TARGET_APPROVAL_S, TARGET_ROLLBACK_S
 from bench.harness import median
 from bench.measure import FIXED_REPS, PAR_SLEEP, PAR_SUITES, REPS, SEQ_STAGES
 
@@ -38,6 +39,14 @@ def _row(
 
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = pipeline_targets(data) if "sequential" in data else []
+    delivery = data.get("delivery") or {}
+    if "approval" in delivery:
+        rows += delivery_targets(delivery)
+    return rows
+
+
+def pipeline_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     seq, fixed = data["sequential"], data["fixed"]
     par = data["parallel"][str(PAR_SUITES[-1])]
     ex, sq = data["cached"]["example"], data["cached"]["sequential"]
@@ -103,6 +112,56 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def delivery_targets(cd: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CD rows; judged on the worst repetition (a promise about every run)."""
+    app, rb, det = cd["approval"], cd["rollback"], cd["detection"]
+    a = det["analysis"]
+    return [
+        _row(
+            "cd_approval",
+            f"approval → production bump starts (task run Running), poll "
+            f"{app['poll_interval_seconds']:g} s, max of {app['repetitions']} (median)",
+            app["max"],
+            f"{app['max']:.2f} s ({app['median']:.2f} s)",
+            f"{app['max_without_stalls']:.2f} s",
+            f"<= {TARGET_APPROVAL_S:g} s",
+            app["max"] <= TARGET_APPROVAL_S,
+        ),
+        _row(
+            "cd_rollback",
+            "blue-green rollback, as `rollback` reports it (call → API confirms the "
+            f"selector), max of {rb['repetitions']} (median)",
+            rb["reported_max"],
+            f"{rb['reported_max']:.2f} s ({rb['reported_median']:.2f} s)",
+            "—",
+            f"<= {TARGET_ROLLBACK_S:g} s",
+            rb["reported_max"] <= TARGET_ROLLBACK_S,
+        ),
+        _row(
+            "cd_rollback",
+            "blue-green rollback, observed: `rolling back` log record → a poller sees the "
+            f"old colour, max of {rb['repetitions']} (median)",
+            rb["observed_max"],
+            f"{rb['observed_max']:.2f} s ({rb['observed_median']:.2f} s)",
+            "—",
+            f"<= {TARGET_ROLLBACK_S:g} s",
+            rb["observed_max"] <= TARGET_ROLLBACK_S,
+        ),
+        {
+            "key": "cd_detection",
+            "measure": "automatic rollback: first 500 from the bad release → rollback "
+            f"starts, median of {det['repetitions']} (max)",
+            "value": det["median"],
+            "shown": f"{det['median']:.2f} s ({det['max']:.2f} s) = {det['ratio']:.2f}× expected",
+            "without_stalls": "—",
+            "target": f"expected {det['expected_seconds']:g} s = initial_delay "
+            f"{a['initial_delay']:g} + interval {a['interval']:g} × failure_limit "
+            f"{a['failure_limit']}",
+            "verdict": "—",
+        },
+    ]
+
+
 def _top(breakdown: list[tuple[str, float]], n: int = 3) -> str:
     top = sorted(breakdown, key=lambda x: -x[1])[:n]
     return ", ".join(f"{name} {value:.2f} s" for name, value in top)
@@ -148,6 +207,8 @@ def stall_cause(data: dict[str, Any]) -> str:
 
 
 def notes(data: dict[str, Any], missed: set[str]) -> list[str]:
+    if "sequential" not in data:
+        return []
     out: list[str] = []
     seq, fixed = data["sequential"], data["fixed"]
     probe = data["api"].get("probe", {})

@@ -17,6 +17,15 @@ def _ratio_row(label: str, block: dict[str, Any]) -> str:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
+    if "sequential" in data:
+        lines = pipeline_lines(data)
+    else:
+        lines = ["## Benchmarks", "", "The pipeline benchmarks have not run: `bench/run pipeline`."]
+    lines += delivery_lines(data.get("delivery"), data.get("targets", []))
+    return "\n".join(lines) + "\n"
+
+
+def pipeline_lines(data: dict[str, Any]) -> list[str]:
     m = data["machine"]
     seq, flows, fixed, mem = data["sequential"], data["flows"], data["fixed"], data["memory"]
     load = " / ".join(f"{x:.2f}" for x in m["load_average_before"])
@@ -45,6 +54,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|",
     ]
     for row in data["targets"]:
+        if row["key"].startswith("cd_"):
+            continue  # in the delivery section
         lines.append(
             f"| {row['measure']} | {row['shown']} | {row['without_stalls']} | {row['target']} "
             f"| {row['verdict']} |"
@@ -117,7 +128,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += ["", "Where the time goes:", ""]
         lines += [f"- {note}" for note in data["notes"]]
     lines += image_lines(data.get("images"))
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --- issue 3: image build and push, the CI flow against its critical path ---------------------
@@ -232,7 +243,8 @@ def image_lines(images: dict[str, Any] | None) -> list[str]:
         "The whole CI flow: the example app's full pipeline (`run_pipeline`, every stage "
         "including image, image-scan and push, to the registry on "
         f"{reg.get('host', '127.0.0.1:5000')}"
-        f"{', started by the benchmark' if reg.get('started_by_the_bench') else ''}), fresh "
+        f"{', started by the benchmark' if reg.get('started_by_the_bench') else ''}; its "
+        "`deploy:` left out with `environments=[]`, the CD section below measures it), fresh "
         "`SLIPWAY_HOME` and result store, once with the layer cache the image benchmark "
         "left (warm) and once after removing the example's images (cold). Critical path = "
         "the longest path through the stage graph (`needs`) weighted by each stage's own work "
@@ -314,4 +326,155 @@ def _rebuilt(steps: list[str]) -> str:
         counts[step] = counts.get(step, 0) + 1
     return (
         f"{len(steps)} (" + ", ".join(f"{k} × {v}" if v > 1 else k for k, v in counts.items()) + ")"
+    )
+
+
+# --- continuous delivery ------------------------------------------------------------------------
+
+
+def _cells(values: list[Any], fmt: Any = lambda v: f"{v:.2f}") -> str:
+    return " | ".join(fmt(v) for v in values)
+
+
+def delivery_lines(cd: dict[str, Any] | None, targets: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "### Continuous delivery: approval, blue-green rollback, automatic rollback", ""]
+    if not cd:
+        return lines + ["Not measured yet (`bench/run delivery`)."]
+    if "unavailable" in cd:
+        return lines + [f"Not measured: {cd['unavailable']}."]
+    app, rb, det = cd["approval"], cd["rollback"], cd["detection"]
+    a = det["analysis"]
+    load = " / ".join(f"{x:.2f}" for x in cd["load_average_before"])
+    after = " / ".join(f"{x:.2f}" for x in cd["load_average_after"])
+    dirty = " plus uncommitted changes" if cd.get("dirty") else ""
+    lines += [
+        f"The CD part of `bench/run` (alone: `bench/run delivery`) on {cd['started'][:10]} at "
+        f"commit `{cd['commit'][:12]}`{dirty}, "
+        f"{cd['seconds']:.0f} s, load average {load} before and {after} after. "
+        "`slipway.flows.deliver.deliver` runs in a flow run on a thread of its own against the "
+        "benchmark's private `prefect server`, as a worker would run it; production is "
+        "blue-green (2 replicas a colour) with a readiness smoke test on the preview Service. "
+        "The cluster is the Kubernetes API stand-in (simulated clock at 10×) with the example "
+        "app as the pods' processes, in a child process of its own; Debian's Prometheus scrapes "
+        "the pods every second; the manifests live in a local bare git repository (the GitOps "
+        "bump and revert are real commits). Times of day come from this machine's one clock.",
+        "",
+        "| CD measure | result | without 503 stalls | target | verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in targets:
+        if row["key"].startswith("cd_"):
+            lines.append(
+                f"| {row['measure']} | {row['shown']} | {row['without_stalls']} | "
+                f"{row['target']} | {row['verdict']} |"
+            )
+    runs = det["runs"]
+    header = " | ".join(str(i) for i in range(1, len(runs) + 1))
+    lines += [
+        "",
+        f"| per repetition (seconds) | {header} |",
+        "|---|" + "---:|" * len(runs),
+        f"| approval → bump Running | {_cells(app['latency_seconds'])} |",
+        "| … approve_run returned → the paused run's poll saw it | "
+        f"{_cells([r['to_resumed_seconds'] for r in app['runs']])} |",
+        "| … poll saw it → bump Running | "
+        f"{_cells([r['resumed_to_bump_seconds'] for r in app['runs']])} |",
+        "| approval sent, after the run paused | "
+        f"{_cells([r['approved_after_pause_seconds'] for r in app['runs']])} |",
+        f"| bad release: first 500 → rollback starts | {_cells(det['seconds'])} |",
+        "| … analysis measurements (S/F/I/E) | "
+        f"{_cells([''.join(p[0] for p in r['measurements']) for r in runs], str)} |",
+        "| … switch → first measurement | "
+        f"{_cells([r['first_measurement_after_switch_seconds'] for r in runs])} |",
+        "| … switch → Prometheus holds two samples of the release | "
+        f"{_cells([r['switch_to_second_scrape_seconds'] for r in runs])} |",
+        "| … pods ready → Prometheus holds two samples of the release | "
+        f"{_cells([r['ready_to_second_scrape_seconds'] for r in runs])} |",
+        f"| rollback as reported | {_cells(rb['reported_seconds'])} |",
+        f"| rollback seen by the poller | {_cells(rb['observed_seconds'])} |",
+        "| decision → rollback task Running | "
+        f"{_cells([r['decision_to_rollback_task_seconds'] for r in runs])} |",
+        "| decision → last answer from the bad release | "
+        f"{_cells(rb['decision_to_last_bad_answer_seconds'])} |",
+    ]
+    warm = app["warm_up"]
+    lines += [
+        "",
+        f"Approval: {app['repetitions']} good releases, each approved through `approve_run` at "
+        f"a different point of the paused run's {app['poll_interval_seconds']:g} s poll (0.5 + "
+        f"i/{app['repetitions']} poll intervals after it paused); latency = {app['signal']}. "
+        "Prefect's `apause_flow_run` reads the run's state once per poll interval, so up to one "
+        f"interval passes before the run sees the decision (median {app['to_resumed_median']:.2f}"
+        " s here); after that, the "
+        f"{app['resumed_to_bump_median']:.2f} s (median) until the bump is Running go to reading "
+        "the decision's run input, the approval artifact, the deploy slot (a global concurrency "
+        "limit) and starting the task run. The warm-up run (the process' first deploy, not "
+        f"counted) took {warm['latency_seconds']:.2f} s. `approve_run` itself took "
+        f"{app['approve_call_median']:.2f} s (median).{_stall_note(cd)}",
+        "",
+        f"Bad releases: {det['repetitions']} releases of the example app with "
+        f"`ERROR_RATE={det['error_rate']}`, each with a fresh digest (so a fresh "
+        "`slipway.dev/release` label and fresh Prometheus series), under "
+        f"{det['traffic_per_second']:.0f} requests/s at the active Service; the analysis: "
+        f"`{a['success_condition']}` over the 5xx share of the release's requests (10 s rate "
+        f"window), initial_delay {a['initial_delay']:g} s, interval {a['interval']:g} s, "
+        f"failure_limit {a['failure_limit']}, count {a['count']}, inconclusive_limit "
+        f"{a['inconclusive_limit']}. From the first 500 to the rollback starting took "
+        f"{det['median']:.2f} s (median; {det['ratio']:.2f}× the "
+        f"{det['expected_seconds']:g} s the settings allow at best). The analysis task starts "
+        "as the switch lands, and the first 500 came "
+        f"{det['analysis_start_to_first_500_median']:.2f} s after it started (median; "
+        f"{det['switch_seen_to_first_500_median']:.2f} s after the poller saw the switch); the "
+        f"analysis took {det['analysis_start_to_verdict_median']:.2f} s to its verdict (the "
+        "initial delay, then a query per measurement), and the `rolling back` record followed "
+        f"{det['verdict_to_decision_median']:.2f} s later (the analysis artifact in between). "
+        f"{_inconclusive_note(det)}Rollback reported = the seconds `rollback` returns "
+        "(blue-green: read the Service, PATCH its selector, check the answer); observed = "
+        "from the flow's `rolling back` log record to a GET of the Service every "
+        f"{rb['selector_poll_ms']:.0f} ms first showing the old colour, so it includes starting "
+        f"the rollback task run ({rb['decision_to_rollback_task_median']:.2f} s median). The "
+        "traffic's last answer from the bad release came at most "
+        f"{rb['decision_to_last_bad_answer_max']:.2f} s after the decision.",
+    ]
+    return lines
+
+
+def _inconclusive_note(det: dict[str, Any]) -> str:
+    runs = [i for i, r in enumerate(det["runs"], start=1) if "Inconclusive" in r["measurements"]]
+    if not runs:
+        return ""
+    which = ", ".join(str(i) for i in runs)
+    a = det["analysis"]
+    return (
+        f"In repetition{'s' if len(runs) > 1 else ''} {which} the first measurement was "
+        "Inconclusive (no data): a query over the release has a value only once Prometheus holds "
+        "two samples of one of its pods (`rate()` needs two), and that came "
+        f"{det['ready_to_second_scrape_median']:.2f} s after its pods were ready (median; "
+        f"{det['switch_to_second_scrape_median']:.2f} s after the switch, the rollout, smoke "
+        "test and switch being quick), while the first measurement came "
+        f"{det['first_measurement_after_switch_median']:.2f} s after the switch (initial_delay "
+        f"{a['initial_delay']:g} s); the analysis tolerated it (inconclusive_limit "
+        f"{a['inconclusive_limit']}) and failed one interval later. With the default "
+        "inconclusive_limit 0 such a first measurement would end the analysis Inconclusive, "
+        "and the default on_inconclusive (rollback) would roll back a good release too. "
+    )
+
+
+def _stall_note(cd: dict[str, Any]) -> str:
+    """Which repetitions waited out a 503 back-off, and what the server said."""
+    parts = []
+    runs = {"approval": cd["approval"]["runs"], "bad release": cd["detection"]["runs"]}
+    for label, each in runs.items():
+        for i, run in enumerate(each, start=1):
+            if run["client_retry_seconds"]:
+                causes = ", ".join(f"{k} × {v}" for k, v in run["client_retry_causes"].items())
+                parts.append(f"{label} {i} ({run['client_retry_seconds']:.1f} s; {causes})")
+    if not parts:
+        return ""
+    errors = cd.get("server_retryable_errors") or {}
+    said = "; ".join(f"`{where}` × {n}" for where, n in errors.items())
+    return (
+        " The Prefect client waited before retrying a request the server had refused with 503 "
+        f"in {', '.join(parts)}" + (f"; the server's log names {said}" if said else "") + ". "
+        '"Without 503 stalls" subtracts that wait.'
     )

@@ -1,4 +1,4 @@
-"""How much slipway's pipeline flow costs on top of the commands it runs.
+"""How much slipway's pipeline flow costs on top of the commands it runs; then CD.
 
 Run with ``bench/run`` (or ``python -m bench.pipeline_overhead`` inside the
 project's virtualenv, from the repository root). It starts its own
@@ -6,9 +6,11 @@ project's virtualenv, from the repository root). It starts its own
 pipeline run a fresh SLIPWAY_HOME and result store (except the cached re-runs,
 which reuse the first run's), then measures the example app's image build and
 push and its whole CI flow against its critical path on a real Docker engine and
-registry (:mod:`bench.images`), and writes ``bench/results/latest.json`` and
-``bench/results/latest.md``. Prefect's own log output goes to
-``bench/results/bench-log.tmp`` (git-ignored).
+registry (:mod:`bench.images`), then the continuous-delivery measurements
+(:mod:`bench.delivery`), and writes ``bench/results/latest.json`` and
+``bench/results/latest.md``. ``bench/run pipeline`` or ``bench/run delivery`` runs
+one part; the other part's previous results are kept from ``latest.json``.
+Prefect's own log output goes to ``bench/results/bench-log.tmp`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ from typing import Any, TextIO  # noqa: E402
 
 import prefect  # noqa: E402
 
+from bench.delivery import measure_delivery  # noqa: E402
 from bench.harness import (  # noqa: E402
     ClientRetries,
+    PrefectServer,
     Sandboxes,
     counting_client_retries,
+    flush_to_server,
     prefect_server,
     probe_api_calls,
     server_peak_rss_kb,
@@ -79,6 +84,7 @@ from slipway.example import publish_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+PARTS = ("pipeline", "delivery")
 
 
 def git_describe() -> dict[str, Any]:
@@ -101,40 +107,70 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_all(data: dict[str, Any], out: TextIO, log: TextIO, retries: ClientRetries) -> None:
+def run_all(
+    data: dict[str, Any], out: TextIO, log: TextIO, retries: ClientRetries, parts: set[str]
+) -> None:
     bench = Bench(out, Sandboxes(_SCRATCH / "runs"), _SCRATCH / "git", _SCRATCH, retries)
     bench.say(f"starting a private prefect server (home {_SCRATCH / 'server'})")
     with prefect_server(_SCRATCH / "server", _PORT) as server:
-        data["server"] = {"url": server.url, "startup_seconds": server.startup_seconds}
         bench.say(f"server healthy after {server.startup_seconds:.1f} s at {server.url}")
-
-        wall = warm_up(bench)
-        bench.say(f"warm-up run (imports, first flow registration): {wall:.2f} s")
-        data["api"]["probe"] = probe_api_calls(20)
-
-        data["fixed"], data["flows"] = measure_fixed_cost(bench)
-        data["sequential"], first_sequential = measure_sequential(bench, data["fixed"])
-        for suites in PAR_SUITES:
-            data["parallel"][str(suites)] = measure_parallel(bench, suites)
-        data["cached"] = measure_cached(bench, first_sequential, publish_example)
-
-        data["memory"] = measure_memory(server, bench.boxes.fresh("memory"), log)
-        peak = server_peak_rss_kb(server)
-        data["memory"]["server_peak_mb"] = round(peak / 1024, 1) if peak else None
-        bench.say(
-            f"peak RSS of the example pipeline process: {data['memory']['process_peak_mb']} MB"
-        )
-        data["images"] = measure_images(bench, _SCRATCH / "images", publish_example)
-        data["api"]["server_retryable_errors"] = server_retryable_errors(server)
-        data["client_retries"] = bench.stall_report()
+        if "pipeline" in parts:
+            data["server"] = {"url": server.url, "startup_seconds": server.startup_seconds}
+            run_pipeline_part(data, bench, server, log)
+        if "delivery" in parts:
+            data["delivery"] = measure_delivery(bench, _SCRATCH / "delivery", server)
+        flush_to_server()
+        if "pipeline" in parts:
+            data["api"]["server_retryable_errors"] = server_retryable_errors(server)
+            data["client_retries"] = bench.stall_report()
     data["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+
+
+def run_pipeline_part(
+    data: dict[str, Any], bench: Bench, server: PrefectServer, log: TextIO
+) -> None:
+    wall = warm_up(bench)
+    bench.say(f"warm-up run (imports, first flow registration): {wall:.2f} s")
+    data["api"]["probe"] = probe_api_calls(20)
+
+    data["fixed"], data["flows"] = measure_fixed_cost(bench)
+    data["sequential"], first_sequential = measure_sequential(bench, data["fixed"])
+    for suites in PAR_SUITES:
+        data["parallel"][str(suites)] = measure_parallel(bench, suites)
+    data["cached"] = measure_cached(bench, first_sequential, publish_example)
+
+    data["memory"] = measure_memory(server, bench.boxes.fresh("memory"), log)
+    peak = server_peak_rss_kb(server)
+    data["memory"]["server_peak_mb"] = round(peak / 1024, 1) if peak else None
+    bench.say(f"peak RSS of the example pipeline process: {data['memory']['process_peak_mb']} MB")
+    data["images"] = measure_images(bench, _SCRATCH / "images", publish_example)
+
+
+def merge_previous(data: dict[str, Any], previous: dict[str, Any], parts: set[str]) -> dict:
+    """Keep the results of the part that did not run from the previous ``latest.json``."""
+    if "pipeline" not in parts:
+        kept = {k: v for k, v in previous.items() if k not in ("delivery", "targets", "notes")}
+        return {**kept, "delivery": data["delivery"]}
+    if "delivery" not in parts and "delivery" in previous:
+        return {**data, "delivery": previous["delivery"]}
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.* go")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "parts",
+        nargs="*",
+        metavar="part",
+        help=f"what to run: {' and/or '.join(PARTS)} (default: both); the other part's "
+        "results are kept from the previous latest.json",
+    )
     args = parser.parse_args(argv)
+    parts = set(args.parts or PARTS)
+    if parts - set(PARTS):
+        parser.error(f"unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; know {PARTS}")
 
     out = sys.stdout
     args.out.mkdir(parents=True, exist_ok=True)
@@ -164,18 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         with counting_client_retries() as retries:
-            run_all(data, out, log, retries)
+            run_all(data, out, log, retries, parts)
     except Exception:
         print(traceback.format_exc(), file=out, flush=True)
         print(f"benchmark failed; scratch kept at {_SCRATCH}, log at {log_path}", file=out)
         return 1
-    data["seconds_total"] = round(time.monotonic() - t0, 1)
-    judge(data)
     json_path, md_path = args.out / "latest.json", args.out / "latest.md"
+    seconds = round(time.monotonic() - t0, 1)
+    if "pipeline" in parts:
+        data["seconds_total"] = seconds
+    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
+    data = merge_previous(data, previous, parts)
+    judge(data)
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     md_path.write_text(render_markdown(data))
     print("\n" + md_path.read_text(), file=out)
-    print(f"wrote {json_path} and {md_path} in {data['seconds_total']:.0f} s", file=out)
+    print(f"wrote {json_path} and {md_path} in {seconds:.0f} s", file=out)
     if not args.keep:
         shutil.rmtree(_SCRATCH, ignore_errors=True)
     return 0

@@ -44,6 +44,7 @@ from slipway.report import EnvironmentOutcome
 from slipway.tasks.approval import ApprovalDecision, approve_run
 from slipway.tasks.gitops import parse_trailers
 from slipway.tasks.kube_apply import ANNOTATION_APPROVER, ANNOTATION_IMAGE
+from tests.servers.example_manifests import app_deployment, app_service
 from tests.servers.git_http import commit_files, make_bare_repo
 from tests.servers.kube_api import KubeCluster
 from tests.servers.pod_runner import PodRunner
@@ -75,40 +76,10 @@ ERROR_RATE_QUERY = (
 
 
 def deployment(replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": APP, "labels": {"app": APP}},
-        "spec": {
-            "replicas": replicas,
-            "progressDeadlineSeconds": 60,
-            "selector": {"matchLabels": {"app": APP}},
-            "template": {
-                "metadata": {"labels": {"app": APP}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": APP,
-                            "image": f"{REGISTRY}:placeholder",
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    return app_deployment(APP, f"{REGISTRY}:placeholder", replicas)
 
 
-SERVICE = {
-    "apiVersion": "v1",
-    "kind": "Service",
-    "metadata": {"name": APP},
-    "spec": {
-        "selector": {"app": APP},
-        "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-    },
-}
+SERVICE = app_service(APP)
 
 
 @dataclass
