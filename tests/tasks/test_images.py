@@ -160,7 +160,6 @@ def test_warm_rebuild_reuses_the_layer_cache(example_build):
     assert copy_steps and all(log[i + 1].strip() == "---> Using cache" for i in copy_steps)
     # same Dockerfile steps, new build number and creation time: a new image on cached layers
     assert example_build.warm.tags == (REVISION[:12], "build-8")
-    assert example_build.warm_seconds < 60
 
 
 def _get(url: str) -> tuple[int, dict]:
