@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.sync import sync_lines
+
 
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
@@ -22,6 +24,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     else:
         lines = ["## Benchmarks", "", "The pipeline benchmarks have not run: `bench/run pipeline`."]
     lines += delivery_lines(data.get("delivery"), data.get("targets", []))
+    lines += sync_lines(data.get("sync"))
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,9 @@ which reuse the first run's), then measures the example app's image build and
 push and its whole CI flow against its critical path on a real Docker engine and
 registry (:mod:`bench.images`), then the continuous-delivery measurements
 (:mod:`bench.delivery`), and writes ``bench/results/latest.json`` and
-``bench/results/latest.md``. ``bench/run pipeline`` or ``bench/run delivery`` runs
-one part; the other part's previous results are kept from ``latest.json``.
+``bench/results/latest.md``; then the GitOps sync measurements (:mod:`bench.sync`).
+``bench/run pipeline``, ``bench/run delivery`` or ``bench/run sync`` runs one part
+(or several); the other parts' previous results are kept from ``latest.json``.
 Prefect's own log output goes to ``bench/results/bench-log.tmp`` (git-ignored).
 """
 
@@ -80,11 +81,14 @@ from bench.measure import (  # noqa: E402
     measure_sequential,
     warm_up,
 )
+from bench.sync import measure_sync  # noqa: E402
 from slipway.example import publish_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PARTS = ("pipeline", "delivery")
+PARTS = ("pipeline", "delivery", "sync")
+# the parts with a key of their own in latest.json; "pipeline" owns everything else
+SEPARATE_PARTS = ("delivery", "sync")
 
 
 def git_describe() -> dict[str, Any]:
@@ -119,6 +123,8 @@ def run_all(
             run_pipeline_part(data, bench, server, log)
         if "delivery" in parts:
             data["delivery"] = measure_delivery(bench, _SCRATCH / "delivery", server)
+        if "sync" in parts:
+            data["sync"] = measure_sync(bench, _SCRATCH / "sync", server)
         flush_to_server()
         if "pipeline" in parts:
             data["api"]["server_retryable_errors"] = server_retryable_errors(server)
@@ -147,12 +153,13 @@ def run_pipeline_part(
 
 
 def merge_previous(data: dict[str, Any], previous: dict[str, Any], parts: set[str]) -> dict:
-    """Keep the results of the part that did not run from the previous ``latest.json``."""
+    """Keep the results of the parts that did not run from the previous ``latest.json``."""
     if "pipeline" not in parts:
-        kept = {k: v for k, v in previous.items() if k not in ("delivery", "targets", "notes")}
-        return {**kept, "delivery": data["delivery"]}
-    if "delivery" not in parts and "delivery" in previous:
-        return {**data, "delivery": previous["delivery"]}
+        kept = {k: v for k, v in previous.items() if k not in (*SEPARATE_PARTS, "targets", "notes")}
+        data = {**kept, **{p: data[p] for p in SEPARATE_PARTS if p in data}}
+    for part in SEPARATE_PARTS:
+        if part not in parts and part in previous:
+            data[part] = previous[part]
     return data
 
 
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "parts",
         nargs="*",
         metavar="part",
-        help=f"what to run: {' and/or '.join(PARTS)} (default: both); the other part's "
+        help=f"what to run: any of {', '.join(PARTS)} (default: all); the other parts' "
         "results are kept from the previous latest.json",
     )
     args = parser.parse_args(argv)

@@ -103,6 +103,7 @@ from slipway.tasks.strategies import (
     state_of,
 )
 from slipway.tasks.strategy_objects import find_deployment, find_service
+from slipway.tasks.sync import plan_environment
 
 _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE
 RELEASE_LABEL = "slipway.dev/release"
@@ -130,11 +131,17 @@ class Delivery:
     notifier: SlackNotifier | None
     default_cluster: str | None
     approval_poll: float = 1.0
+    # seconds the deploy slot's lease lasts unrenewed (renewed every 3/4 of it while the
+    # holder lives): a holder that died (process killed, machine gone) keeps the next
+    # deploy waiting at most this plus the server's lease check (15 s). Server: 60 s-1 day.
+    slot_lease: float = 300.0
     # suspend (the process exits while it waits; needs a deployment run with persisted
     # results) instead of pausing (the process waits)
     suspend_for_approval: bool = False
     # what CI said about this commit (stage: status, tests, gates), for the approval form
     ci_summary: tuple[str, ...] = ()
+    # the source commit's committer date (ISO 8601), recorded in the bump for DORA lead time
+    source_commit_time: str | None = None
 
     @property
     def digest(self) -> str:
@@ -285,6 +292,37 @@ def _approval_summary(
     return "\n".join(lines)
 
 
+async def _plan_markdown(d: Delivery, environment: Environment) -> str:
+    """What the release will change in the cluster, for the approver: the environment's
+    manifests with the image bumped (nothing committed) diffed against the live objects.
+    A plan that cannot be made is said, never a reason to block the approval."""
+    cluster = environment.cluster or d.default_cluster
+    try:
+        if cluster is None:
+            raise ConfigError("no cluster block")
+        api = await load_cluster(cluster)
+        markdown, _changes = await asyncio.to_thread(
+            plan_environment,
+            api,
+            d.manifests,
+            environment.name,
+            app=d.app,
+            namespace=environment.namespace,
+            image=d.image,
+            workdir=d.workspace / "plan" / environment.name,
+            redactor=d.redactor,
+        )
+    except SlipwayError as exc:
+        return f"_No plan: {d.redactor.redact(str(exc))}_"
+    note = (
+        ""
+        if environment.strategy.kind == "rolling"
+        else f"\n\n_The {environment.strategy.kind} strategy runs the Deployment as "
+        "coloured / canary copies; the diff is against objects of git's names._"
+    )
+    return d.redactor.redact(markdown) + note
+
+
 def _smoke_target(
     api: Any, environment: Environment, state: DeployState, release: Release
 ) -> tuple[str, dict]:
@@ -357,6 +395,7 @@ async def _deliver_environment(
         except BranchNotAllowed as exc:
             return EnvironmentOutcome(name, "skipped", str(exc))
         summary = _approval_summary(d, environment, done)
+        summary += "\n\n" + await _plan_markdown(d, environment)
         log(
             f"{name}: waiting for approval; open {d.run_url or 'the flow run in the Prefect UI'}"
             ", press Resume and fill in the form (or `prefect flow-run resume`)"
@@ -392,7 +431,9 @@ async def _deliver_environment(
     await ensure_deploy_slot_limit(limit)
     wait = environment.busy_timeout if environment.on_busy == "wait" else 1.0
     try:
-        async with concurrency(limit, occupy=1, timeout_seconds=wait, strict=True):
+        async with concurrency(
+            limit, occupy=1, timeout_seconds=wait, lease_duration=d.slot_lease, strict=True
+        ):
             return await _deploy(d, environment, approver, log)
     except TimeoutError:
         raise DeployBusy(
@@ -430,6 +471,7 @@ async def _deploy(
         run_id=d.run_id,
         build_number=d.build_number,
         approver=approver,
+        source_commit_time=d.source_commit_time,
         workdir=workdir,
         redactor=d.redactor,
         log=log,

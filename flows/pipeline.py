@@ -40,6 +40,7 @@ from slipway.deploy_spec import DeploySpec
 from slipway.exceptions import ConfigError, SlipwayError, StageFailed
 from slipway.flows.deliver import Delivery, deliver, load_delivery_blocks
 from slipway.flows.scheduler import Decision, StageWalker
+from slipway.flows.stage_runner import ensure_stage_runners
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, summary_markdown
 from slipway.spec import Pipeline, PipelineOverrides, Stage
@@ -485,6 +486,7 @@ async def pipeline(
         spec_state = await _settled(load_spec.submit(workspace, repo.spec_path, overrides))
         spec: Pipeline = await spec_state.aresult()
         app = spec.app
+        await ensure_stage_runners(spec)  # the deployments `work_pool:` stages run as
         pipeline_env = {**spec.env, **overrides.env}
         build_number = build_number_for_run(app, run_id)
         run_vars = {
@@ -511,6 +513,7 @@ async def pipeline(
             source_url=repo.url,
             docker_host=docker_host,
             build_spec_of={s.name: s.build_image for s in spec.all_stages() if s.build_image},
+            repository=repository,
         )
         conditions = ConditionContext(
             branch=branch_name, env=context.env, changed_files=result.changed_files
@@ -650,6 +653,7 @@ async def _deliver(
         default_cluster=cluster,
         suspend_for_approval=suspend,
         ci_summary=_ci_summary(report),
+        source_commit_time=context.committed_at.isoformat() if context.committed_at else None,
     )
     outcomes = await deliver(delivery)
     failed = next((o for o in outcomes if not o.ok and o.status != "not-run"), None)

@@ -4,6 +4,7 @@ slipway validate [FILE ...]        check pipeline files, print every problem
 slipway run REPOSITORY [options]   run the pipeline flow, print where to watch it
 slipway example [options]          run the pipeline on the bundled example app
 slipway server                     make sure a local Prefect server is running
+slipway webhook [options]          receive signed push webhooks, emit slipway.push events
 """
 
 from __future__ import annotations
@@ -157,6 +158,35 @@ def _server(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook(args: argparse.Namespace) -> int:
+    import logging
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from slipway.local_server import ensure_server
+    from slipway.webhook import EVENT_NAME, WebhookServer, load_secret
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    secret = None if args.secret_block else load_secret()  # fail before any server starts
+    api_url = ensure_server()
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        server = WebhookServer(
+            secret=secret or load_secret(args.secret_block),
+            host=args.host,
+            port=args.port,
+            max_body=args.max_body,
+        )
+        print(f"listening on {server.url}; pushes become {EVENT_NAME} events on {api_url}")
+        sys.stdout.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--branch", help="branch to build (default: the repository's)")
     parser.add_argument("--commit", help="tag or full SHA to build")
@@ -197,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     example.set_defaults(handler=_example)
     server = sub.add_parser("server", help="start (or find) the local Prefect server")
     server.set_defaults(handler=_server)
+    webhook = sub.add_parser(
+        "webhook", help="receive signed push webhooks and emit slipway.push Prefect events"
+    )
+    webhook.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    webhook.add_argument("--port", type=int, default=8787, help="port (default: 8787)")
+    webhook.add_argument(
+        "--secret-block",
+        help="Prefect Secret block with the shared secret (default: $SLIPWAY_WEBHOOK_SECRET)",
+    )
+    webhook.add_argument(
+        "--max-body",
+        type=int,
+        default=5 * 1024 * 1024,
+        help="largest body accepted, in bytes (default: 5 MiB)",
+    )
+    webhook.set_defaults(handler=_webhook)
     return parser
 
 

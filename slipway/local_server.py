@@ -47,6 +47,11 @@ def start_server(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        # `--port` alone does not reach the UI: it asks /ui-settings for the API URL,
+        # which Prefect derives from these settings (else http://127.0.0.1:4200/api),
+        # so a server on any other port would serve a UI talking to the wrong API.
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
     }
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("ab")

@@ -123,6 +123,12 @@ class Stage(StrictModel):
     container: ContainerSpec | None = Field(
         default=None, description="Run the 'run' commands in a container of this image."
     )
+    work_pool: Name | None = Field(
+        default=None,
+        description="Run the 'run' commands on a worker of this Prefect work pool (like a "
+        "Jenkins agent label), from a fresh checkout of the same commit there "
+        "(flows/stage_runner.py); default: in the pipeline's own process.",
+    )
     dir: RelPath = Field(default=".", description="Working directory inside the workspace.")
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
     timeout: float | None = Field(
@@ -155,6 +161,15 @@ class Stage(StrictModel):
             raise ValueError(f"a stage needs exactly one of {', '.join(STAGE_KINDS)} ({found})")
         if self.container is not None and self.run is None:
             raise ValueError("'container' goes with 'run' only")
+        if self.work_pool is not None:
+            if self.run is None:
+                raise ValueError("'work_pool' goes with 'run' only")
+            if self.artifacts:
+                # the archive is the runner machine's disk; nothing carries files back
+                raise ValueError(
+                    "'artifacts' cannot be archived from a 'work_pool' stage: its files stay "
+                    "on the runner's machine (archive them in a local stage)"
+                )
         if self.allow_inconclusive and self.kind not in ("quality_gate", "security_scan"):
             raise ValueError("'allow_inconclusive' goes with quality_gate or security_scan only")
         if self.parallel is not None:

@@ -44,7 +44,10 @@ Reverting a commit that was already reverted is a no-op too.
 Commit messages name the app, environment, image, source commit, pipeline run,
 build and approver, and end in git trailers (``Slipway-App``,
 ``Slipway-Environment``, ``Slipway-Build``, ``Slipway-Image``,
-``Slipway-Source-Commit``, ``Slipway-Run``, ``Slipway-Approver``; reverts carry
+``Slipway-Source-Commit``, ``Slipway-Source-Commit-Time`` when the caller knows it
+(the source commit's committer date, ISO 8601: what DORA lead time counts from, so the
+deploy record answers it without the app repository), ``Slipway-Run``,
+``Slipway-Approver``; reverts carry
 ``Slipway-Reverts``, ``Slipway-Reverted-Build``, ``Slipway-Reverted-Image`` and
 ``Slipway-Reason``), which :func:`parse_trailers` reads back.
 
@@ -64,6 +67,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +112,7 @@ TRAILER_ENVIRONMENT = "Slipway-Environment"
 TRAILER_BUILD = "Slipway-Build"
 TRAILER_IMAGE = "Slipway-Image"
 TRAILER_SOURCE_COMMIT = "Slipway-Source-Commit"
+TRAILER_SOURCE_COMMIT_TIME = "Slipway-Source-Commit-Time"
 TRAILER_RUN = "Slipway-Run"
 TRAILER_APPROVER = "Slipway-Approver"
 TRAILER_REVERTS = "Slipway-Reverts"
@@ -164,6 +169,7 @@ class _Bump:
     run_id: str
     build_number: int
     approver: str | None
+    source_commit_time: str | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -193,6 +199,7 @@ def _validate_bump(
     run_id: str,
     build_number: int,
     approver: str | None,
+    source_commit_time: datetime | str | None = None,
 ) -> _Bump:
     if not isinstance(app, str) or not _APP_RE.match(app):
         raise UnsafeInputError(f"invalid app name {app!r}: letters, digits, '.', '_', '-'")
@@ -210,8 +217,32 @@ def _validate_bump(
                 f"invalid approver {approver[:80]!r}: 1-200 characters, no control characters"
             )
     return _Bump(
-        app, environment, image, repository, digest, source_commit, run_id, build_number, approver
+        app,
+        environment,
+        image,
+        repository,
+        digest,
+        source_commit,
+        run_id,
+        build_number,
+        approver,
+        _commit_time(source_commit_time),
     )
+
+
+def _commit_time(value: datetime | str | None) -> str | None:
+    """An aware datetime (or its ISO 8601 text) -> ISO 8601 text, seconds precision."""
+    if value is None:
+        return None
+    try:
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise UnsafeInputError(
+            f"invalid source commit time {str(value)[:80]!r}: ISO 8601 with a UTC offset"
+        ) from None
+    if when.tzinfo is None:
+        raise UnsafeInputError(f"source commit time {when.isoformat()!r} has no UTC offset")
+    return when.isoformat(timespec="seconds")
 
 
 def _environment(repo: ManifestsRepository, environment: str) -> EnvironmentManifests:
@@ -268,6 +299,10 @@ def _bump_message(bump: _Bump, previous: str | None) -> str:
         f"{TRAILER_BUILD}: {bump.build_number}",
         f"{TRAILER_IMAGE}: {bump.image}",
         f"{TRAILER_SOURCE_COMMIT}: {bump.source_commit}",
+    ]
+    if bump.source_commit_time:
+        lines.append(f"{TRAILER_SOURCE_COMMIT_TIME}: {bump.source_commit_time}")
+    lines += [
         f"{TRAILER_RUN}: {bump.run_id}",
     ]
     if bump.approver:
@@ -804,6 +839,7 @@ def bump_image(
     run_id: str,
     build_number: int,
     approver: str | None = None,
+    source_commit_time: datetime | str | None = None,
     workdir: Path,
     redactor: Redactor | None = None,
     log: Log | None = None,
@@ -829,7 +865,9 @@ def bump_image(
         ```
     """
     target = _environment(repo, environment)
-    bump = _validate_bump(app, environment, image, source_commit, run_id, build_number, approver)
+    bump = _validate_bump(
+        app, environment, image, source_commit, run_id, build_number, approver, source_commit_time
+    )
     validate_ref(repo.branch)
     redactor = redactor or Redactor()
     redactor.add(*repo.secret_values())
@@ -1035,6 +1073,7 @@ def bump_manifest(
     run_id: str,
     build_number: int,
     approver: str | None = None,
+    source_commit_time: datetime | str | None = None,
     workdir: Path,
     redactor: Redactor | None = None,
 ) -> BumpResult:
@@ -1048,6 +1087,7 @@ def bump_manifest(
         run_id=run_id,
         build_number=build_number,
         approver=approver,
+        source_commit_time=source_commit_time,
         workdir=workdir,
         redactor=redactor,
         log=get_run_logger().info,

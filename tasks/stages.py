@@ -42,6 +42,7 @@ from slipway.tasks.images import (
 )
 from slipway.tasks.junit_reports import SuiteReport, collect_suite
 from slipway.tasks.quality_gate import QualityGateResult, evaluate_quality_gate
+from slipway.tasks.remote_stages import run_remote_stage
 from slipway.tasks.security_scan import ScanResult, resolve_policy, run_security_scan
 from slipway.workspace import inside
 
@@ -73,6 +74,9 @@ class StageContext:
     source_url: str = ""
     docker_host: DockerHost | None = None
     build_spec_of: Mapping[str, ImageBuildSpec] | None = None
+    # how a stage runner on another machine gets the code: the pipeline's `repository`
+    # parameter (an AppRepository block name, or a URL without credentials)
+    repository: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,27 @@ def execute_stage(
     if stage.push_image is not None:
         return _push_image_stage(stage, ctx, log, upstream)
     assert stage.run is not None, "parallel groups are scheduled by the flow"
+    if stage.work_pool is not None:
+        return _remote_stage(stage, ctx, log)
     return _command_stage(stage, ctx, log)
+
+
+def _remote_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
+    """A ``work_pool`` stage: the same commit, checked out and run on a worker of that pool."""
+    outcome = run_remote_stage(
+        stage,
+        repository=ctx.repository or ctx.source_url,
+        commit=ctx.revision,
+        env=ctx.pipeline_env,
+        timeout=stage.timeout or ctx.default_timeout,
+        default_timeout=ctx.default_timeout,
+        log=log,
+    )
+    if not outcome.passed:
+        raise StageFailedWithReport(stage.name, outcome.detail, outcome.tests)
+    return StageResult(
+        stage.name, outcome.seconds, None, tests=outcome.tests, output_tail=outcome.output_tail
+    )
 
 
 def _docker_client(ctx: StageContext) -> docker.DockerClient:

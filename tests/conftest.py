@@ -96,7 +96,11 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     env_backup = os.environ.get("PREFECT_HOME")
+    # leases of dead holders (a killed worker's deploy slot) are reclaimed within 2 s of
+    # expiring instead of 15 s: a shorter test, the same behaviour
+    os.environ["PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS"] = "2"
     proc = start_server("127.0.0.1", port, home)
+    del os.environ["PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS"]
     if env_backup is not None:
         os.environ["PREFECT_HOME"] = env_backup
     api_url = f"http://127.0.0.1:{port}/api"

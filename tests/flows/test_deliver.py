@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,13 +302,36 @@ def running_image(stack: Stack, namespace: str, name: str) -> str:
 # --- tests ---------------------------------------------------------------------------------
 
 
+def approval_description(run_id: UUID, timeout: float = 60) -> str:
+    """The Markdown above the approval form of a run paused for approval."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run_id).state
+            keyset = state.state_details.run_input_keyset if state else None
+            if state is not None and state.is_paused() and keyset:
+                try:
+                    return str(client.read_flow_run_input(run_id, keyset["description"]))
+                except Exception:  # the form is being saved
+                    pass
+            time.sleep(0.2)
+    raise AssertionError("the run did not pause for approval")
+
+
 def test_a_release_goes_through_staging_then_production_after_approval(stack: Stack) -> None:
     stop = threading.Event()
     traffic(stack, "production", stop)
     try:
-        outcomes = run(stack.delivery({"environments": [staging(), production()]}, GOOD))
+        running = Running(stack.delivery({"environments": [staging(), production()]}, GOOD))
+        description = approval_description(running.run_id)
+        approve_run(running.run_id, ApprovalDecision(approve=True, approver="alice"), timeout=60)
+        outcomes = running.outcomes()
     finally:
         stop.set()
+
+    # the approver saw what is released, how staging went, and the plan for production
+    assert GOOD in description and "staging: deployed" in description
+    assert "Deployment" in description and "+" in description  # a diff of what will change
 
     assert outcomes["staging"].status == "deployed", outcomes["staging"]
     assert outcomes["production"].status == "deployed", outcomes["production"]
