@@ -116,6 +116,7 @@ def _example(args: argparse.Namespace) -> int:
     print(f"image registry: {ensure_registry(5000)} (the example pushes there)")
     url = publish_example()
     print(f"published examples/example-app to {url}")
+    args.example_url = url
     return _run_pipeline(url, args, lambda: _example_delivery(args), cluster=None)
 
 
@@ -135,7 +136,7 @@ def _example_delivery(args: argparse.Namespace) -> Iterator[object]:
     cluster = ensure_local_cluster(pods=args.pods)  # logs that it is SIMULATED
     manifests = publish_manifests()
     print(f"GitOps manifests repository: {manifests}")
-    save_example_blocks(cluster, manifests)
+    save_example_blocks(cluster, manifests, args.example_url)
     if args.approve_automatically:
         print(f"production approval: automatic, as {AUTO_APPROVER} (--approve-automatically)")
     else:

@@ -34,6 +34,7 @@ from prefect.client.schemas.objects import StateType
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
 from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
+from slipway.blocks.git import AppRepository
 from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.blocks.prometheus import PrometheusServer
 from slipway.example import EXAMPLE_DIR, commit_all
@@ -69,8 +70,10 @@ def publish_manifests(source: Path = EXAMPLE_DIR / "k8s", home: Path | None = No
     return remote.as_uri()
 
 
-def save_example_blocks(cluster: LocalCluster, manifests_url: str) -> None:
-    """Save (overwrite) the four blocks the example's ``deploy:`` names."""
+def save_example_blocks(cluster: LocalCluster, manifests_url: str, app_url: str) -> None:
+    """Save (overwrite) the four blocks the example's ``deploy:`` names, and the
+    ``example-app`` AppRepository the `pipeline/example-app` deployment builds."""
+    AppRepository(url=app_url, default_branch="main").save("example-app", overwrite=True)
     ManifestsRepository(
         url=manifests_url,
         environments={

@@ -25,7 +25,8 @@ ROLLBACK_REQUIRED = ["app", "environment", "namespace", "cluster", "manifests", 
 
 @pytest.fixture
 def deployed(prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """``prefect deploy --all`` from the project root; the deployments by name."""
+    """``prefect deploy --all`` from the project root; the deployments by (entrypoint,
+    name): names are unique per flow only (pipeline/example-app, gitops-sync/example-app)."""
     monkeypatch.chdir(ROOT)
     with get_client(sync_client=True) as client:
         try:
@@ -38,20 +39,19 @@ def deployed(prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> dict[str
         echo=False,
     )
     with get_client(sync_client=True) as client:
-        return {d.name: d for d in client.read_deployments()}
+        return {(d.entrypoint, d.name): d for d in client.read_deployments()}
 
 
 def test_every_deployment_in_prefect_yaml_is_created_on_one_pool(deployed) -> None:
     declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     for entry in declared:
-        deployment = deployed[entry["name"]]
-        assert deployment.entrypoint == entry["entrypoint"]
+        deployment = deployed[(entry["entrypoint"], entry["name"])]
         assert deployment.work_pool_name == POOL
         assert deployment.enforce_parameter_schema
 
 
 def test_the_rollback_deployment_takes_its_parameters_from_the_ui_or_a_script(deployed) -> None:
-    rollback = deployed["manual"]
+    rollback = deployed[("flows/rollback.py:rollback", "manual")]
     assert rollback.schedules == []  # a person starts it
     schema = rollback.parameter_openapi_schema
     assert schema["required"] == ROLLBACK_REQUIRED

@@ -331,7 +331,7 @@ def test_a_release_goes_through_staging_then_production_after_approval(stack: St
 
     # the approver saw what is released, how staging went, and the plan for production
     assert GOOD in description and "staging: deployed" in description
-    assert "Deployment" in description and "+" in description  # a diff of what will change
+    assert "What changes in production" in description and "Deployment" in description
 
     assert outcomes["staging"].status == "deployed", outcomes["staging"]
     assert outcomes["production"].status == "deployed", outcomes["production"]
