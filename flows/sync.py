@@ -40,12 +40,11 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from slipway.application_spec import Application, ApplicationSet, find_application
 from slipway.blocks.gitops import ManifestsRepository
 from slipway.blocks.notifications import SlackNotifier
-from slipway.exceptions import ConfigError
+from slipway.exceptions import ConfigError, SyncFailed
 from slipway.redact import Redactor
 from slipway.tasks.kube_client import load_cluster
 from slipway.tasks.notify import send_slack_message
 from slipway.tasks.sync import (
-    SyncFailed,
     SyncResult,
     plan_environment,
     repository_for,

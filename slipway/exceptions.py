@@ -31,10 +31,8 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   ├── ManifestRenderError           manifests cannot be rendered (bad YAML, kustomize)
     │   ├── DeployError                   the cluster refused an object (403, 422, conflict)
     │   │   ├── RolloutFailed             a rollout failed (ProgressDeadlineExceeded, ...)
-    │   │   └── RolloutTimeout            a rollout did not finish in time
-    │   ├── SmokeTestFailed               the smoke test of a new release failed
-    │   ├── MetricBreach                  the metric analysis of a release failed
-    │   ├── ApprovalRejected              production was refused (or the wait timed out)
+    │   │   ├── RolloutTimeout            a rollout did not finish in time
+    │   │   └── SyncFailed                a GitOps sync failed after its retries
     │   └── DeployBusy                    another deploy of the app holds the slot
     └── TemporaryError                    a retry may succeed (network, busy server)
         ├── RemoteUnavailable             a server could not be reached
@@ -218,20 +216,16 @@ class RolloutTimeout(DeployError):
     """A rollout did not finish within the stage's deadline."""
 
 
-class SmokeTestFailed(PermanentError):
-    """The smoke test of a new release failed (the release was rolled back)."""
 
-
-class MetricBreach(PermanentError):
-    """The metric analysis of a release failed or could not decide (rolled back)."""
-
-
-class ApprovalRejected(PermanentError):
-    """Production was refused by an approver, or the wait timed out."""
 
 
 class DeployBusy(PermanentError):
     """Another deploy of the same application and environment holds the slot."""
+
+
+class SyncFailed(DeployError):
+    """A GitOps sync ended with an error: it failed after its retries, or it refused to
+    prune because the manifests rendered nothing (allow_empty off)."""
 
 
 class ClusterUnreachable(TemporaryError):

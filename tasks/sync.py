@@ -107,15 +107,6 @@ Action = Literal["none", "created", "updated", "reverted", "pruned", "skipped"]
 Log = Callable[[str], None]
 
 
-class SyncFailed(DeployError):
-    """A sync ended with an error: it failed after its retries, or it refused to prune
-    because the manifests rendered nothing (allow_empty off).
-
-    Belongs in slipway/exceptions.py's tree under DeployError; it lives here until that
-    module is next edited.
-    """
-
-
 # ----------------------------------------------------------------------------- results
 
 

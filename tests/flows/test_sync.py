@@ -24,8 +24,9 @@ from prefect_slack import SlackWebhook
 
 from slipway.blocks.gitops import ManifestsRepository
 from slipway.blocks.notifications import SlackNotifier
+from slipway.exceptions import SyncFailed
 from slipway.flows.sync import gitops_sync
-from slipway.tasks.sync import SyncFailed, SyncResult
+from slipway.tasks.sync import SyncResult
 from tests.flows.prefect_api import artifacts
 from tests.servers.example_manifests import app_deployment, app_service
 from tests.servers.git_http import commit_files, make_bare_repo
