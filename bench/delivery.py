@@ -81,6 +81,7 @@ from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCr
 from bench.harness import (
     BenchError,
     PrefectServer,
+    git_describe,
     median,
     sandboxed,
     server_retryable_errors,
@@ -772,20 +773,12 @@ def measure_bad_releases(
 # --- all of it -----------------------------------------------------------------------------------
 
 
-def _git_head() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-
-
 def measure_delivery(bench: Bench, root: Path, server: PrefectServer) -> dict[str, Any]:
     """All three CD measurements; ``{"unavailable": why}`` when Prometheus is missing."""
     info: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
-        **_git_head(),
+        **git_describe(),
     }
     if not os.access(PROMETHEUS_BINARY, os.X_OK):
         return {**info, "unavailable": f"{PROMETHEUS_BINARY} is missing (Debian: prometheus)"}

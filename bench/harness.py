@@ -463,3 +463,18 @@ def median_segments(runs: Sequence[list[tuple[str, float]]]) -> list[tuple[str, 
             if name in table:
                 table[name].append(value)
     return [(name, median(table[name])) for name in names]
+
+
+def git_describe() -> dict[str, Any]:
+    """The commit a benchmark measured, and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}

@@ -48,7 +48,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
@@ -63,6 +62,7 @@ from bench.harness import (  # noqa: E402
     Sandboxes,
     counting_client_retries,
     flush_to_server,
+    git_describe,
     prefect_server,
     probe_api_calls,
     server_peak_rss_kb,
@@ -89,14 +89,6 @@ RESULTS = ROOT / "bench" / "results"
 PARTS = ("pipeline", "delivery", "sync")
 # the parts with a key of their own in latest.json; "pipeline" owns everything else
 SEPARATE_PARTS = ("delivery", "sync")
-
-
-def git_describe() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
 def machine_info() -> dict[str, Any]:

@@ -50,7 +50,7 @@ import yaml
 from kubernetes import client, config
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
-from bench.harness import BenchError, PrefectServer, median, sandboxed
+from bench.harness import BenchError, PrefectServer, git_describe, median, sandboxed
 from bench.measure import Bench, r3
 from slipway.application_spec import Application
 from slipway.flows.sync import gitops_sync
@@ -365,19 +365,11 @@ def measure_drift(bench: Bench, world: World, root: Path) -> dict[str, Any]:
 # --- all of it ----------------------------------------------------------------------------------
 
 
-def _git_head() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-
-
 def measure_sync(bench: Bench, root: Path, server: PrefectServer) -> dict[str, Any]:
     info: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
-        **_git_head(),
+        **git_describe(),
     }
     t0 = time.monotonic()
     remote = make_bare_repo(root / "git", "manifests.git")

@@ -58,7 +58,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from slipway.exceptions import SpecError, SpecProblem
-from slipway.spec_loader import _line_map, _plain, _problems_from_validation
+from slipway.spec_loader import _line_map, _plain, _problems_from_validation, read_spec_text
 from slipway.spec_types import NAME_PATTERN, Name, RelPath, StrictModel
 
 APPLICATIONS_DIR = Path("deployments") / "applications"
@@ -389,19 +389,9 @@ def load_application_file(
 ) -> Application | ApplicationSet:
     """Read and validate an application file from disk."""
     name = display_name or str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ApplicationSpecError(
-                name, [SpecProblem("", f"file is {size} bytes; limit {MAX_FILE_BYTES}")]
-            )
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ApplicationSpecError(name, [SpecProblem("", "application file not found")]) from None
-    except UnicodeDecodeError as exc:
-        raise ApplicationSpecError(
-            name, [SpecProblem("", f"not UTF-8 text: {exc.reason}")]
-        ) from None
+    text = read_spec_text(
+        path, name, limit=MAX_FILE_BYTES, what="application file", error=ApplicationSpecError
+    )
     return parse_application_file(text, name)
 
 

@@ -216,9 +216,6 @@ class RolloutTimeout(DeployError):
     """A rollout did not finish within the stage's deadline."""
 
 
-
-
-
 class DeployBusy(PermanentError):
     """Another deploy of the same application and environment holds the slot."""
 

@@ -255,20 +255,25 @@ def parse_pipeline(text: str, file: str = DEFAULT_SPEC_FILE) -> Pipeline:
     return pipeline
 
 
+def read_spec_text(
+    path: Path, name: str, *, limit: int, what: str, error: type[SpecError] = SpecError
+) -> str:
+    """A spec file's text; a missing, oversized or non-UTF-8 file is an ``error``."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise error(name, [SpecProblem("", f"file is {size} bytes; limit {limit}")])
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(name, [SpecProblem("", f"{what} not found")]) from None
+    except UnicodeDecodeError as exc:
+        raise error(name, [SpecProblem("", f"not UTF-8 text: {exc.reason}")]) from None
+
+
 def load_pipeline(path: Path, *, display_name: str | None = None) -> Pipeline:
     """Read and validate a pipeline file from disk."""
     name = display_name or str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(
-                name, [SpecProblem("", f"file is {size} bytes; limit {MAX_SPEC_BYTES}")]
-            )
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(name, [SpecProblem("", "pipeline file not found")]) from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(name, [SpecProblem("", f"not UTF-8 text: {exc.reason}")]) from None
+    text = read_spec_text(path, name, limit=MAX_SPEC_BYTES, what="pipeline file")
     return parse_pipeline(text, name)
 
 
