@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
@@ -74,7 +74,7 @@ from slipway.tasks.approval import (
     request_approval,
     request_approval_suspended,
 )
-from slipway.tasks.gitops import BumpResult, bump_image, revert_bump
+from slipway.tasks.gitops import BumpResult, bump_manifest, revert_manifest
 from slipway.tasks.kube_apply import (
     ANNOTATION_APPROVER,
     ANNOTATION_BUILD,
@@ -206,8 +206,14 @@ async def _load_block(block_type: type[BlockT], name: str, where: str) -> BlockT
 
 
 async def _run(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn`` as a Prefect task named ``name`` (a step in the UI); its result or error."""
-    future = task(name=name, cache_policy=NO_CACHE)(fn).submit(*args, **kwargs)
+    """Run ``fn`` as a Prefect task named ``name`` (a step in the UI); its result or error.
+    A Prefect task keeps its own policy (retries, timeout) under that name."""
+    step = (
+        fn.with_options(name=name)
+        if isinstance(fn, Task)
+        else task(name=name, cache_policy=NO_CACHE)(fn)
+    )
+    future = step.submit(*args, **kwargs)
     await asyncio.to_thread(future.wait)
     return await future.state.aresult()
 
@@ -462,7 +468,7 @@ async def _deploy(
     await asyncio.to_thread(check_reachable, api)
     bump: BumpResult = await _run(
         f"bump-{name}",
-        bump_image,
+        bump_manifest,
         d.manifests,
         app=d.app,
         environment=name,
@@ -474,7 +480,6 @@ async def _deploy(
         source_commit_time=d.source_commit_time,
         workdir=workdir,
         redactor=d.redactor,
-        log=log,
     )
     if bump.superseded_by is not None:
         return EnvironmentOutcome(name, "superseded", bump.note, image=d.image)
@@ -676,9 +681,7 @@ async def _roll_back(
     except DeployError as exc:  # a first deploy has nothing to go back to
         seconds = None
         why = f"{why}; the cluster was not rolled back: {d.redactor.redact(str(exc))}"
-    reverted = await _revert(
-        d, name, bump, f"automatic rollback of build {d.build_number}: {why}", log
-    )
+    reverted = await _revert(d, name, bump, f"automatic rollback of build {d.build_number}: {why}")
     outcome = replace(
         outcome,
         status="rolled-back" if seconds is not None else "failed",
@@ -711,27 +714,24 @@ async def _revert_only(
     later sync does not try again, and report the environment failed."""
     why = d.redactor.redact(why)
     reason = f"build {d.build_number} could not be deployed: {why}"
-    reverted = await _revert(d, outcome.name, bump, reason, log)
+    reverted = await _revert(d, outcome.name, bump, reason)
     await _tell(d, f":x: {d.app} build {d.build_number} failed to deploy to {outcome.name}", why)
     return replace(outcome, status="failed", reason=why, revert_commit=reverted)
 
 
-async def _revert(
-    d: Delivery, environment: str, bump: BumpResult, reason: str, log: Log
-) -> str | None:
+async def _revert(d: Delivery, environment: str, bump: BumpResult, reason: str) -> str | None:
     """Revert the bump commit (GitOps: a later sync must not re-apply it); the revert
     commit's SHA, or None when there was nothing to revert."""
     if not bump.changed:
         return None
     revert = await _run(
         f"revert-{environment}",
-        revert_bump,
+        revert_manifest,
         d.manifests,
         commit_sha=bump.commit_sha,
         reason=reason,
         workdir=d.workspace / "manifests" / environment,
         redactor=d.redactor,
-        log=log,
     )
     return revert.commit_sha if revert.changed else None
 
