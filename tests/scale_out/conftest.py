@@ -133,6 +133,7 @@ def scale_out(
     """Prefect server on PostgreSQL and its workers; the test process talks to it."""
     home = tmp_path_factory.mktemp("scale-out")
     port = free_port()
+    # the server process takes its database from the environment it is started with
     with mock.patch.dict(os.environ, {"PREFECT_API_DATABASE_CONNECTION_URL": postgres_url}):
         server = start_server("127.0.0.1", port, home / "server")
     api_url = f"http://127.0.0.1:{port}/api"

@@ -179,6 +179,7 @@ def test_a_killed_stand_in_is_replaced_and_its_leftover_pods_stopped(home: Path)
 def test_the_simulated_cluster_needs_a_source_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # an installed slipway (site-packages) has no tests/ next to it: what a pip install sees
     monkeypatch.setattr(local_cluster, "ROOT", tmp_path / "site-packages")
     with pytest.raises(ConfigError, match="needs a source checkout of slipway"):
         ensure_local_cluster(tmp_path / "home")

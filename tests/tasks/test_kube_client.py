@@ -110,6 +110,8 @@ def test_credentials_without_cluster_config_use_the_default_kubeconfig(
     kube: KubeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    # where the client looks for ~/.kube/config: pointed at the stand-in's kubeconfig
+    # (the real lookup runs), so the test never reads or writes the user's home
     monkeypatch.setattr(
         "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kube.kubeconfig)
     )

@@ -457,6 +457,7 @@ def test_plain_errors_name_the_file_and_document(tmp_path: Path, text: str, mess
 
 def test_oversized_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_tree(tmp_path, {"k8s/big.yaml": SERVICE})
+    # a 10-byte limit instead of writing a file past the real one (same check, same path)
     monkeypatch.setattr("slipway.tasks.manifests_render.MAX_FILE_BYTES", 10)
     with pytest.raises(ManifestRenderError, match="k8s/big.yaml: larger than"):
         render_manifests(tmp_path, "k8s", "plain")
