@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
-CHROMIUM_PACKAGE = "chromium"  # the Debian package; .ci/run installs it
+CHROMIUM_PACKAGE = "chromium"  # the Debian package; tests/run installs it (.ci/system-packages)
 CHROMIUM_BINARY = "/usr/bin/chromium"
 # Playwright's wait for an element or an expectation (ms), instead of its 30 s for an
 # action and 5 s for an expectation: a busy machine takes several seconds to render
@@ -37,12 +37,16 @@ DEFAULT_TIMEOUT_MS = 15_000
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """The path of Debian's Chromium; skips the test when the package is not installed."""
+    """The path of Debian's Chromium.
+
+    A missing browser fails the test instead of skipping it: tests/run installs the
+    package, so its absence is a broken set-up, never a reason to pass quietly.
+    """
     executable = CHROMIUM_BINARY if Path(CHROMIUM_BINARY).exists() else shutil.which("chromium")
     if executable is None:
-        pytest.skip(
+        pytest.fail(
             f"Debian's {CHROMIUM_PACKAGE!r} package is not installed ({CHROMIUM_BINARY} "
-            f"is missing): run `apt-get install -y {CHROMIUM_PACKAGE}` (as .ci/run does)"
+            f"is missing): run `apt-get install -y {CHROMIUM_PACKAGE}` (tests/run does, as root)"
         )
     return executable
 
