@@ -71,8 +71,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import Field, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from slipway.blocks.security_policy import (
     SEVERITY_RANK,
@@ -81,6 +79,7 @@ from slipway.blocks.security_policy import (
     Severity,
 )
 from slipway.exceptions import ScannerError, ScannerUnavailable, UnsafeInputError
+from slipway.safe_yaml import load_manifests
 from slipway.spec_types import NAME_PATTERN, RelGlobs, StrictModel
 from slipway.workspace import inside
 
@@ -513,8 +512,9 @@ def _config_files(workspace: Path, paths: Sequence[str]) -> list[Path]:
 
 
 def _unparsable(workspace: Path, files: Sequence[Path]) -> list[str]:
-    """Manifests that are not valid YAML/JSON: checkov skips those without a word."""
-    yaml = YAML(typ="safe")
+    """Manifests that are not valid YAML/JSON (checkov skips those without a word), or
+    that are alias bombs or nested absurdly deep (read with slipway's safe loader, so
+    they never reach checkov's)."""
     broken = []
     for path in files:
         if path.suffix not in _MANIFEST_SUFFIXES:
@@ -524,8 +524,8 @@ def _unparsable(workspace: Path, files: Sequence[Path]) -> list[str]:
             if path.suffix == ".json":
                 json.loads(text)
             else:
-                list(yaml.load_all(text))
-        except (ValueError, YAMLError):  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+                load_manifests(text)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError, YamlProblem
             broken.append(_relative(workspace, path))
     return broken
 
@@ -565,6 +565,10 @@ def scan_config(workspace: Path, paths: Sequence[str]) -> list[Finding]:
     ``.checkov.yaml`` in the repository (which can skip checks) is never read.
     """
     files = _config_files(workspace, paths)
+    broken = _unparsable(workspace, files)
+    files = [f for f in files if _relative(workspace, f) not in broken]
+    if not files:
+        raise ScannerError(f"checkov could not parse {', '.join(sorted(broken))}")
     argv = [sys.executable, "-m", "checkov.main", "--framework", "kubernetes", "dockerfile"]
     argv += ["-o", "json", "--compact", "--soft-fail", "--skip-download", "--skip-results-upload"]
     argv += ["-f", *(str(f) for f in files)]
@@ -573,7 +577,6 @@ def scan_config(workspace: Path, paths: Sequence[str]) -> list[Finding]:
     if proc.returncode != 0:  # --soft-fail: failed checks exit 0
         raise ScannerError(f"checkov exited {proc.returncode}: {_last_line(proc.stderr)}")
     findings: list[Finding] = []
-    broken = _unparsable(workspace, files)
     resources = 0
     for report in _checkov_reports(_load_json("checkov", proc.stdout)):
         results = report["results"]
