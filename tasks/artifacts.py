@@ -205,6 +205,8 @@ def archive_artifacts(
                     f"at {relative!r} ({_human(info.st_size)}; {_human(total)} so far); "
                     "archive less or raise SLIPWAY_ARTIFACTS_MAX_STAGE_BYTES",
                 )
+        if not opened:
+            return ()
         largest = max(opened, key=lambda item: item[2].st_size)
         _make_room(stage, store, total, settings, log, largest=(largest[0], largest[2].st_size))
         archived = [

@@ -267,3 +267,11 @@ def test_limits_come_from_the_environment(monkeypatch):
         7,
     )
     assert ArtifactSettings.model_fields["max_age_days"].default == 30
+
+
+def test_a_stage_without_artifacts_archives_nothing(workspace, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+
+    assert archive_artifacts("lint", workspace, [], store) == ()
+    assert list(store.iterdir()) == []
