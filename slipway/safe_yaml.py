@@ -37,6 +37,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError as RuamelMarkedError
 from ruamel.yaml.error import YAMLError as RuamelError
 
+try:
+    from yaml import CSafeLoader
+except ImportError as exc:  # a PyYAML built without libyaml: its wheels on PyPI have it
+    raise ImportError("slipway reads manifests with PyYAML's libyaml loader (CSafeLoader)") from exc
+
 
 @dataclass(frozen=True)
 class YamlLimits:
@@ -142,8 +147,8 @@ def load_round_trip(text: str, limits: YamlLimits = SPEC_LIMITS) -> Any:
 def load_manifests(text: str, limits: YamlLimits = MANIFEST_LIMITS) -> list[Any]:
     """Every document of a manifest file, read by libyaml as kubectl reads it."""
     try:
-        check_events(yaml.parse(text, Loader=yaml.CSafeLoader), limits)
-        return list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+        check_events(yaml.parse(text, Loader=CSafeLoader), limits)
+        return list(yaml.load_all(text, Loader=CSafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
