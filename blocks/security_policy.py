@@ -11,13 +11,24 @@ stage as it did before. In-code suppressions (``# nosec``, ``pragma: allowlist
 secret``, ``checkov:skip``) are not honoured by the scan for the same reason: they
 have neither, and they sit where the policy's owners do not look.
 
-The block holds configuration only; matching and deciding live in
+Licenses (trivy's license scanner) are judged by the same environment, with their own
+threshold if wanted (:class:`LicensePolicy`) and an allowlist of license names the
+organisation accepts everywhere (no expiry: accepting MIT is not a debt).
+
+Rule ids are compared in every spelling a scanner has used for the same check:
+trivy renamed its misconfiguration ids (``DS002`` became ``DS-0002``, with
+``AVD-DS-0002`` as the long form), so an allowance written for one trivy version
+keeps applying after an upgrade (:func:`rule_key`).
+
+The block holds configuration only; deciding lives in
 ``slipway.tasks.security_scan``. A pipeline file can carry an
 :class:`EnvironmentPolicy` inline instead of naming a block.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -38,6 +49,21 @@ SEVERITY_RANK: dict[str, int] = {"LOW": 1, "MEDIUM": 2, "HIGH": 3, "CRITICAL": 4
 _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB
 
 
+# trivy's check ids: DS002, DS-0002, AVD-DS-0002, KSV001, AVD-KSV-0001, AVD-AWS-0086.
+_CHECK_ID = re.compile(r"(?:AVD-)?([A-Z][A-Z0-9]*?)-?(\d+)", re.IGNORECASE)
+
+
+def rule_key(rule: str) -> str:
+    """One spelling for every form of a check id: ``DS002``, ``DS-0002`` and
+    ``AVD-DS-0002`` all give ``DS-0002``; anything else (``CVE-2024-2511``,
+    ``CKV_K8S_16``, ``Private Key``) is only stripped and upper-cased."""
+    text = rule.strip()
+    match = _CHECK_ID.fullmatch(text)
+    if match is None:
+        return text.upper()
+    return f"{match.group(1).upper()}-{int(match.group(2)):04d}"
+
+
 def _upper(value: Any) -> Any:
     """Severities are written in any case in YAML; scanners report them upper-case."""
     return value.upper() if isinstance(value, str) else value
@@ -49,15 +75,22 @@ ThresholdField = Annotated[Threshold, BeforeValidator(_upper)]
 class Allowance(StrictModel):
     """A finding accepted until ``expires``, for a stated reason.
 
-    ``rule`` matches exactly (a bandit test id such as ``B602``, a checkov check id
-    such as ``CKV_K8S_16``, a detect-secrets type such as ``Private Key``, a trivy
-    ``CVE-...``/``AVD-...`` id). ``tool`` and ``path`` narrow it further.
+    ``rule`` is a bandit test id such as ``B602``, a checkov check id such as
+    ``CKV_K8S_16``, a detect-secrets type such as ``Private Key``, a trivy
+    ``CVE-...`` id, check id (``DS-0002``, ``AVD-DS-0002`` or the old ``DS002``) or
+    license name. ``tool`` and ``path`` narrow it further.
     """
 
     tool: ToolName | None = Field(
         default=None, description="Scanner whose finding this is. Default: any scanner."
     )
-    rule: str = Field(min_length=1, description="Rule or check id, matched exactly.")
+    rule: str = Field(
+        min_length=1,
+        description=(
+            "Rule or check id; trivy check ids match in any spelling (DS002 = DS-0002 = "
+            "AVD-DS-0002), others exactly."
+        ),
+    )
     path: str | None = Field(
         default=None,
         description=(
@@ -86,19 +119,55 @@ class Allowance(StrictModel):
             raise ValueError(f"path {value!r} must be a glob relative to the workspace")
         return value
 
+    def match(self, tool: str, ids: Sequence[str], file: str | None) -> str | None:
+        """Which of a finding's ids this allowance is about (whatever the date), or None.
+
+        A finding may carry several ids (trivy: ``ID`` and ``AVDID``); the allowance
+        applies when its rule equals any of them in any spelling (:func:`rule_key`).
+        """
+        if self.tool is not None and self.tool != tool:
+            return None
+        if self.path is not None and (
+            file is None or not glob.globmatch(file, self.path, flags=_GLOB_FLAGS)
+        ):
+            return None
+        if self.rule in ids:
+            return self.rule
+        wanted = rule_key(self.rule)
+        return next((i for i in ids if rule_key(i) == wanted), None)
+
     def matches(self, tool: str, rule: str, file: str | None) -> bool:
         """True when this allowance is about that finding (whatever the date)."""
-        if self.tool is not None and self.tool != tool:
-            return False
-        if self.rule != rule:
-            return False
-        if self.path is None:
-            return True
-        return file is not None and glob.globmatch(file, self.path, flags=_GLOB_FLAGS)
+        return self.match(tool, (rule,), file) is not None
 
     def active_on(self, day: date) -> bool:
         """An allowance still applies on its expiry day and stops the day after."""
         return day <= self.expires
+
+
+class LicensePolicy(StrictModel):
+    """How license findings are judged (trivy's severities: forbidden CRITICAL,
+    restricted HIGH, reciprocal MEDIUM, notice and permissive LOW)."""
+
+    fail_on: ThresholdField | None = Field(
+        default=None,
+        description=(
+            "Lowest license severity that fails the stage. Default: none, the "
+            "environment's fail_on (so a restricted license fails at HIGH)."
+        ),
+    )
+    allowed: list[str] = Field(
+        default_factory=list,
+        description=(
+            "License names (SPDX ids such as GPL-2.0-only, compared without regard to "
+            "case) accepted whatever their severity. Default: none."
+        ),
+    )
+
+    def allows(self, name: str) -> bool:
+        """True when the license is on the allowlist."""
+        wanted = name.strip().casefold()
+        return any(entry.strip().casefold() == wanted for entry in self.allowed)
 
 
 class EnvironmentPolicy(StrictModel):
@@ -122,10 +191,16 @@ class EnvironmentPolicy(StrictModel):
         description="Findings accepted for now, each with a reason and an expiry. Default: none.",
     )
 
-    def fails(self, severity: str) -> bool:
-        """True when an open finding of this severity fails the stage."""
+    licenses: LicensePolicy = Field(
+        default_factory=LicensePolicy,
+        description="Threshold and allowlist for license findings. Default: fail_on, none allowed.",
+    )
+
+    def fails(self, severity: str, *, license: bool = False) -> bool:
+        """True when an open finding of this severity (a license's, if so) fails the stage."""
+        threshold = (self.licenses.fail_on if license else None) or self.fail_on
         rank = SEVERITY_RANK.get(severity, SEVERITY_RANK[self.unknown_as])
-        return rank >= SEVERITY_RANK[self.fail_on]
+        return rank >= SEVERITY_RANK[threshold]
 
 
 class SecurityPolicy(Block):

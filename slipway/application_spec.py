@@ -54,10 +54,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from slipway.exceptions import SpecError, SpecProblem
+from slipway.safe_yaml import YamlProblem, load_round_trip
 from slipway.spec_loader import _line_map, _plain, _problems_from_validation, read_spec_text
 from slipway.spec_types import NAME_PATTERN, Name, RelPath, StrictModel
 
@@ -360,17 +359,10 @@ class ApplicationFile(StrictModel):
 def parse_application_file(text: str, file: str) -> Application | ApplicationSet:
     """Validate application YAML; :class:`ApplicationSpecError` lists every problem with
     its line and key path."""
-    yaml = YAML(typ="rt")
     try:
-        tree = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ApplicationSpecError(
-            file, [SpecProblem("", f"not valid YAML: {exc.problem}", line)]
-        ) from None
-    except YAMLError as exc:
-        raise ApplicationSpecError(file, [SpecProblem("", f"not valid YAML: {exc}")]) from None
+        tree = load_round_trip(text)
+    except YamlProblem as exc:
+        raise ApplicationSpecError(file, [SpecProblem("", exc.problem, exc.line)]) from None
     if not isinstance(tree, Mapping):
         got = "an empty file" if tree is None else "a list" if isinstance(tree, list) else "a value"
         raise ApplicationSpecError(

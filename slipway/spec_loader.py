@@ -1,7 +1,8 @@
 """Reading and checking a pipeline file, with errors that point into it.
 
 The YAML is read with ruamel.yaml's round-trip loader (safe: it builds only plain
-mappings, lists and scalars) so every key keeps its line number; pydantic's
+mappings, lists and scalars) so every key keeps its line number, through
+:mod:`slipway.safe_yaml`, which refuses alias bombs and deep nesting first; pydantic's
 errors and the cross-stage checks (unique names, ``needs`` that name real stages,
 no cycles) are all reported together as :class:`SpecProblem` items with a key path
 such as ``stages[2].when.allOf[0].branch`` and the line it sits on.
@@ -15,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from slipway.exceptions import SpecError, SpecProblem
+from slipway.safe_yaml import YamlProblem, load_round_trip
 from slipway.spec import Pipeline, PipelineOverrides, Stage, StrictModel
 
 DEFAULT_SPEC_FILE = "slipway.yaml"
@@ -230,15 +230,10 @@ def _deploy_problems(pipeline: Pipeline, add: Callable[[Loc, str], None]) -> Non
 
 def parse_pipeline(text: str, file: str = DEFAULT_SPEC_FILE) -> Pipeline:
     """Validate pipeline YAML text; raise :class:`SpecError` listing every problem."""
-    yaml = YAML(typ="rt")
     try:
-        tree = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecError(file, [SpecProblem("", f"not valid YAML: {exc.problem}", line)]) from exc
-    except YAMLError as exc:
-        raise SpecError(file, [SpecProblem("", f"not valid YAML: {exc}")]) from exc
+        tree = load_round_trip(text)
+    except YamlProblem as exc:
+        raise SpecError(file, [SpecProblem("", exc.problem, exc.line)]) from None
     if not isinstance(tree, Mapping):
         got = "an empty file" if tree is None else f"the value {str(tree)[:40]!r}"
         if isinstance(tree, list):

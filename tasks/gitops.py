@@ -90,6 +90,7 @@ from slipway.exceptions import (
     retry_temporary_errors,
 )
 from slipway.redact import Redactor
+from slipway.safe_yaml import MANIFEST_LIMITS, YamlProblem, check_events
 from slipway.spec_types import NAME_PATTERN
 from slipway.tasks.checkout import SHA_RE, _Git, validate_ref
 from slipway.tasks.images import REVISION_RE, split_digest_ref
@@ -500,15 +501,17 @@ def _read_text(path: Path, rel: str) -> str:
 
 def _compose(text: str, rel: str) -> list[Node]:
     try:
+        check_events(YAML(typ="rt").parse(text), MANIFEST_LIMITS)  # bombs, deep nesting
         return list(YAML(typ="rt").compose_all(text))
-    except YAMLError as exc:
+    except (YAMLError, YamlProblem) as exc:
         raise ConfigError(f"{rel} is not valid YAML: {_one_line(str(exc), 200)}") from None
 
 
 def _load(text: str, rel: str) -> list[Any]:
     try:
+        check_events(YAML(typ="safe", pure=True).parse(text), MANIFEST_LIMITS)
         return list(YAML(typ="safe", pure=True).load_all(text))
-    except YAMLError as exc:
+    except (YAMLError, YamlProblem) as exc:
         raise ConfigError(f"{rel} is not valid YAML: {_one_line(str(exc), 200)}") from None
 
 

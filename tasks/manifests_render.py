@@ -25,8 +25,10 @@ Two kinds, chosen in the deploy spec:
     rendered differently. tests/tasks/test_manifests_render.py compares the output with
     ``kubectl kustomize`` where kubectl is installed.
 
-Files come from a repository, so they are untrusted: YAML is loaded with the safe
-loader, files are capped in size, and every path (the one asked for, each resource,
+Files come from a repository, so they are untrusted: YAML is loaded by
+:func:`slipway.safe_yaml.load_manifests` (libyaml's safe loader, reading what kubectl
+reads, trailing tabs included; nesting and alias expansion capped), files are capped
+in size, and every path (the one asked for, each resource,
 each symlink's target) must stay inside ``root`` (:class:`UnsafeInputError`
 otherwise). Every object must have ``apiVersion``, ``kind`` and ``metadata.name``; the
 error names the file and the document.
@@ -39,9 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from slipway.exceptions import ManifestRenderError, UnsafeInputError
+from slipway.safe_yaml import YamlProblem, load_manifests
 
 ManifestKind = Literal["plain", "kustomize"]
 
@@ -238,12 +239,10 @@ def _load_documents(root: Path, file: Path) -> list[tuple[int, Any]]:
     """(document number from 1, content) of each non-empty document."""
     name = _relative(root, file)
     try:
-        documents = list(yaml.safe_load_all(_read_text(root, file)))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ManifestRenderError(f"{name}:{where}: invalid YAML: {problem}") from None
+        documents = load_manifests(_read_text(root, file))
+    except YamlProblem as exc:
+        where = f" line {exc.line}" if exc.line else ""
+        raise ManifestRenderError(f"{name}:{where}: {exc.problem}") from None
     return [(i, doc) for i, doc in enumerate(documents, start=1) if doc is not None]
 
 

@@ -10,8 +10,11 @@ in its own thread (they are subprocesses or file reads, so threads overlap well)
 - ``checkov`` (:func:`scan_config`): Kubernetes manifests and Dockerfiles, as
   ``python -m checkov.main``.
 - ``trivy`` (:func:`scan_image`): the built image (OS packages, dependencies,
-  secrets, misconfigurations) when trivy is installed; skipped, with that reason,
-  when it is not. :func:`parse_trivy_report` reads its JSON (schema version 2).
+  secrets, licenses) when trivy is installed; skipped, with that reason, when it is
+  not. :func:`parse_trivy_report` reads every JSON layout trivy writes (image, fs,
+  config and k8s reports) and refuses any other: an unknown layout is an error,
+  never a clean scan. Findings a VEX statement marks ``not_affected`` or ``fixed``
+  are kept as ``suppressed`` and shown with the statement.
 
 All four run offline. checkov is told not to fetch Prisma Cloud's check metadata
 (``--skip-download``, ``BC_SKIP_MAPPING``), which is where its severities come
@@ -68,8 +71,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import Field, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from slipway.blocks.security_policy import (
     SEVERITY_RANK,
@@ -78,11 +79,12 @@ from slipway.blocks.security_policy import (
     Severity,
 )
 from slipway.exceptions import ScannerError, ScannerUnavailable, UnsafeInputError
+from slipway.safe_yaml import load_manifests
 from slipway.spec_types import NAME_PATTERN, RelGlobs, StrictModel
 from slipway.workspace import inside
 
 ScanPhase = Literal["Successful", "Failed", "Inconclusive", "Error"]
-FindingStatus = Literal["open", "allowed", "allowance-expired"]
+FindingStatus = Literal["open", "allowed", "allowance-expired", "suppressed"]
 SubScanStatus = Literal["ran", "skipped", "error"]
 
 SCANNER_TIMEOUT_SECONDS = 600.0
@@ -97,7 +99,11 @@ class Finding:
     """One problem a scanner reported, after the policy has looked at it.
 
     ``file`` is relative to the workspace (for image findings: trivy's target inside
-    the image); ``line`` is ``None`` where the scanner has none.
+    the image); ``line`` is ``None`` where the scanner has none. ``ids`` are the
+    rule's other names (trivy's ``AVDID``); ``kind`` is trivy's finding type
+    (``license`` findings are judged by the license policy). ``allowed_by`` says which
+    allowance matched which id; ``allow_reason`` is the allowance's reason, or for a
+    ``suppressed`` finding the VEX status, justification and source.
     """
 
     tool: str
@@ -108,6 +114,9 @@ class Finding:
     message: str
     status: FindingStatus = "open"
     allow_reason: str | None = None
+    ids: tuple[str, ...] = ()
+    kind: str = ""
+    allowed_by: str | None = None
 
     @property
     def location(self) -> str:
@@ -503,8 +512,9 @@ def _config_files(workspace: Path, paths: Sequence[str]) -> list[Path]:
 
 
 def _unparsable(workspace: Path, files: Sequence[Path]) -> list[str]:
-    """Manifests that are not valid YAML/JSON: checkov skips those without a word."""
-    yaml = YAML(typ="safe")
+    """Manifests that are not valid YAML/JSON (checkov skips those without a word), or
+    that are alias bombs or nested absurdly deep (read with slipway's safe loader, so
+    they never reach checkov's)."""
     broken = []
     for path in files:
         if path.suffix not in _MANIFEST_SUFFIXES:
@@ -514,8 +524,8 @@ def _unparsable(workspace: Path, files: Sequence[Path]) -> list[str]:
             if path.suffix == ".json":
                 json.loads(text)
             else:
-                list(yaml.load_all(text))
-        except (ValueError, YAMLError):  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+                load_manifests(text)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError, YamlProblem
             broken.append(_relative(workspace, path))
     return broken
 
@@ -555,6 +565,10 @@ def scan_config(workspace: Path, paths: Sequence[str]) -> list[Finding]:
     ``.checkov.yaml`` in the repository (which can skip checks) is never read.
     """
     files = _config_files(workspace, paths)
+    broken = _unparsable(workspace, files)
+    files = [f for f in files if _relative(workspace, f) not in broken]
+    if not files:
+        raise ScannerError(f"checkov could not parse {', '.join(sorted(broken))}")
     argv = [sys.executable, "-m", "checkov.main", "--framework", "kubernetes", "dockerfile"]
     argv += ["-o", "json", "--compact", "--soft-fail", "--skip-download", "--skip-results-upload"]
     argv += ["-f", *(str(f) for f in files)]
@@ -563,7 +577,6 @@ def scan_config(workspace: Path, paths: Sequence[str]) -> list[Finding]:
     if proc.returncode != 0:  # --soft-fail: failed checks exit 0
         raise ScannerError(f"checkov exited {proc.returncode}: {_last_line(proc.stderr)}")
     findings: list[Finding] = []
-    broken = _unparsable(workspace, files)
     resources = 0
     for report in _checkov_reports(_load_json("checkov", proc.stdout)):
         results = report["results"]
@@ -584,66 +597,185 @@ def scan_config(workspace: Path, paths: Sequence[str]) -> list[Finding]:
 
 # ----------------------------------------------------------------------- image: trivy
 
+# A VEX statement (OpenVEX, CycloneDX, CSAF) saying the product is not affected or has
+# the fix: trivy moves such a vulnerability out of ``Vulnerabilities`` and, with
+# ``--show-suppressed``, lists it under ``ExperimentalModifiedFindings``. CycloneDX's
+# ``false_positive`` arrives as ``not_affected``. Note that a vulnerability's own
+# ``Status: fixed`` means something else: the distribution has a fixed version (the
+# installed one is still vulnerable), so it stays open.
+VEX_SUPPRESSING = frozenset({"not_affected", "fixed"})
+_MODIFIED_KEYS = ("ExperimentalModifiedFindings", "ModifiedFindings")
+
 
 def _trivy_line(item: dict[str, Any]) -> int | None:
     cause = item.get("CauseMetadata") or {}
     return item.get("StartLine") or cause.get("StartLine") or None
 
 
-def parse_trivy_report(data: dict[str, Any]) -> list[Finding]:
-    """Findings from a ``trivy ... --format json`` report (schema version 2).
+def _trivy_vulnerability(vuln: dict[str, Any], target: str | None) -> Finding:
+    package = f"{vuln.get('PkgName', '?')} {vuln.get('InstalledVersion', '')}".strip()
+    fixed = vuln.get("FixedVersion")
+    title = vuln.get("Title") or ""
+    text = package + (f" (fixed in {fixed})" if fixed else " (no fix yet)")
+    finding = Finding(
+        tool="trivy",
+        rule=str(vuln.get("VulnerabilityID", "?")),
+        severity=normalise_severity(vuln.get("Severity")),
+        file=target,
+        line=None,
+        message=_short(f"{text}: {title}" if title else text),
+        kind="vulnerability",
+    )
+    if str(vuln.get("Status") or "") == "not_affected":  # the distribution says so
+        return replace(finding, status="suppressed", allow_reason="not_affected (vendor status)")
+    return finding
 
-    Vulnerabilities, failed misconfigurations and secrets; a secret's ``Match``
-    and ``Code`` (which hold the value, masked or not) are never read.
+
+def _trivy_misconfiguration(item: dict[str, Any], target: str | None) -> Finding:
+    # ID is DS002 in older trivy, DS-0002 in newer; AVDID (AVD-DS-0002) is deprecated
+    # but still written. The finding keeps every id so an allowance matches any.
+    ids = tuple(dict.fromkeys(str(i) for i in (item.get("ID"), item.get("AVDID")) if i))
+    return Finding(
+        tool="trivy",
+        rule=ids[0] if ids else "?",
+        severity=normalise_severity(item.get("Severity")),
+        file=target,
+        line=_trivy_line(item),
+        message=_short(str(item.get("Title", ""))),
+        ids=ids[1:],
+        kind="misconfiguration",
+    )
+
+
+def _trivy_secret(secret: dict[str, Any], target: str | None) -> Finding:
+    # Match and Code hold the value (masked or not): never read.
+    return Finding(
+        tool="trivy",
+        rule=str(secret.get("RuleID", "?")),
+        severity=normalise_severity(secret.get("Severity")),
+        file=target,
+        line=_trivy_line(secret),
+        message=_short(f"possible {secret.get('Title', 'secret')} (value not shown)"),
+        kind="secret",
+    )
+
+
+def _trivy_license(item: dict[str, Any], target: str | None) -> Finding:
+    name = str(item.get("Name") or "?")
+    where = item.get("PkgName") or item.get("FilePath") or ""
+    category = item.get("Category") or "unknown"
+    return Finding(
+        tool="trivy",
+        rule=name,
+        severity=normalise_severity(item.get("Severity")),
+        file=target,
+        line=None,
+        message=_short(f"{category} license {name}" + (f" ({where})" if where else "")),
+        kind="license",
+    )
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], str | None], Finding]] = {
+    "vulnerability": _trivy_vulnerability,
+    "misconfiguration": _trivy_misconfiguration,
+    "secret": _trivy_secret,
+    "license": _trivy_license,
+}
+
+
+def _trivy_modified(entry: dict[str, Any], target: str | None) -> Finding:
+    """A finding trivy suppressed: VEX not_affected/fixed stays suppressed (and shown),
+    anything else (an ignore file's ``ignored``) is open again: allowances belong in
+    the policy."""
+    kind = str(entry.get("Type") or "")
+    inner = entry.get("Finding")
+    if kind not in _BUILDERS or not isinstance(inner, dict):
+        raise ScannerError(f"trivy suppressed finding of unknown type {kind!r} in {target}")
+    finding = _BUILDERS[kind](inner, target)
+    status = str(entry.get("Status") or "unknown")
+    statement = str(entry.get("Statement") or "no justification given")
+    source = str(entry.get("Source") or "unknown source")
+    if kind == "vulnerability" and status in VEX_SUPPRESSING:
+        reason = _short(f"VEX {status}: {statement} ({source})", 200)
+        return replace(finding, status="suppressed", allow_reason=reason)
+    note = f" [trivy: {status} by {source}, not honoured]"
+    return replace(finding, status="open", allow_reason=None, message=finding.message + note)
+
+
+def _trivy_results(results: Any, where: str, prefix: str = "") -> list[Finding]:
+    """Findings of one report's ``Results`` (a list of targets)."""
+    if results is None:
+        return []
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise ScannerError(f"trivy report: {where}Results is not a list of targets")
+    findings: list[Finding] = []
+    for result in results:
+        target = prefix + str(result.get("Target") or "") or None
+        for vuln in result.get("Vulnerabilities") or []:
+            findings.append(_trivy_vulnerability(vuln, target))
+        for misconfig in result.get("Misconfigurations") or []:
+            if str(misconfig.get("Status", "FAIL")).upper() == "FAIL":
+                findings.append(_trivy_misconfiguration(misconfig, target))
+        for secret in result.get("Secrets") or []:
+            findings.append(_trivy_secret(secret, target))
+        for item in result.get("Licenses") or []:
+            findings.append(_trivy_license(item, target))
+        for key in _MODIFIED_KEYS:
+            for entry in result.get(key) or []:
+                findings.append(_trivy_modified(entry, target))
+    return findings
+
+
+def _trivy_k8s(data: dict[str, Any], key: str) -> list[Finding]:
+    """``trivy k8s --format json``: findings nested per resource (``Resources`` for
+    ``--report all``, ``Findings`` for ``--report summary``)."""
+    resources = data[key]
+    if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
+        raise ScannerError(f"trivy k8s report: {key} is not a list of resources")
+    findings: list[Finding] = []
+    broken: list[str] = []
+    for resource in resources:
+        name = "/".join(
+            str(resource.get(part)) for part in ("Namespace", "Kind", "Name") if resource.get(part)
+        )
+        where = f"{key}[{name}]."
+        findings += _trivy_results(resource.get("Results"), where, prefix=f"{name}: ")
+        if resource.get("Error"):
+            broken.append(f"{name} ({_short(str(resource['Error']), 80)})")
+    if broken:
+        raise ScannerError(
+            f"trivy could not scan {len(broken)} resource(s): {'; '.join(broken)}", findings
+        )
+    return findings
+
+
+def parse_trivy_report(data: Any) -> list[Finding]:
+    """Findings from a ``trivy --format json`` report, of any layout trivy writes.
+
+    ``trivy image|fs|config|repo`` (schema version 2, ``Results``) and ``trivy k8s``
+    (``ClusterName`` with ``Resources`` or ``Findings``, each holding ``Results``).
+    Vulnerabilities, failed misconfigurations, secrets, licenses, and the findings trivy
+    suppressed (VEX statements honoured, ignore files not). Anything else is an error,
+    never a clean report: a layout this function does not know holds findings it would
+    not see. A secret's ``Match`` and ``Code`` (which hold the value) are never read.
     """
     if not isinstance(data, dict):
         raise ScannerError("trivy report is not a JSON object")
     version = data.get("SchemaVersion")
-    if version is not None and version != 2:
+    if version not in (None, 0, 2):
         raise ScannerError(f"trivy report schema version {version!r} is not supported (need 2)")
-    findings: list[Finding] = []
-    for result in data.get("Results") or []:
-        target = str(result.get("Target") or "") or None
-        for vuln in result.get("Vulnerabilities") or []:
-            package = f"{vuln.get('PkgName', '?')} {vuln.get('InstalledVersion', '')}".strip()
-            fixed = vuln.get("FixedVersion")
-            title = vuln.get("Title") or ""
-            text = package + (f" (fixed in {fixed})" if fixed else " (no fix yet)")
-            findings.append(
-                Finding(
-                    tool="trivy",
-                    rule=str(vuln.get("VulnerabilityID", "?")),
-                    severity=normalise_severity(vuln.get("Severity")),
-                    file=target,
-                    line=None,
-                    message=_short(f"{text}: {title}" if title else text),
-                )
-            )
-        for misconfig in result.get("Misconfigurations") or []:
-            if str(misconfig.get("Status", "FAIL")).upper() != "FAIL":
-                continue
-            findings.append(
-                Finding(
-                    tool="trivy",
-                    rule=str(misconfig.get("ID") or misconfig.get("AVDID") or "?"),
-                    severity=normalise_severity(misconfig.get("Severity")),
-                    file=target,
-                    line=_trivy_line(misconfig),
-                    message=_short(str(misconfig.get("Title", ""))),
-                )
-            )
-        for secret in result.get("Secrets") or []:
-            findings.append(
-                Finding(
-                    tool="trivy",
-                    rule=str(secret.get("RuleID", "?")),
-                    severity=normalise_severity(secret.get("Severity")),
-                    file=target,
-                    line=_trivy_line(secret),
-                    message=_short(f"possible {secret.get('Title', 'secret')} (value not shown)"),
-                )
-            )
-    return findings
+    if "ClusterName" in data:
+        for key in ("Resources", "Findings"):
+            if key in data:
+                return _trivy_k8s(data, key)
+        return []  # a cluster with nothing to report: trivy omits the empty list
+    if version == 2:
+        return _trivy_results(data.get("Results"), "")
+    keys = ", ".join(sorted(map(str, data))[:8]) or "none"
+    raise ScannerError(
+        f"trivy report has a layout slipway does not know (keys: {keys}); "
+        "expected SchemaVersion 2 with Results, or a trivy k8s report"
+    )
 
 
 def scan_image(image_ref: str | None) -> list[Finding]:
@@ -655,7 +787,9 @@ def scan_image(image_ref: str | None) -> list[Finding]:
     trivy = shutil.which("trivy")
     if trivy is None:
         raise ScannerUnavailable("trivy is not installed")
-    argv = [trivy, "image", "--format", "json", "--quiet", image_ref]
+    # --show-suppressed: VEX-suppressed findings are listed (and shown as suppressed).
+    argv = [trivy, "image", "--format", "json", "--quiet", "--show-suppressed"]
+    argv += ["--scanners", "vuln,secret,license", "--", image_ref]
     with tempfile.TemporaryDirectory(prefix="slipway-trivy-") as scratch:
         proc = _run_tool("trivy", argv, cwd=Path(scratch))
     if proc.returncode != 0:
@@ -669,20 +803,64 @@ def scan_image(image_ref: str | None) -> list[Finding]:
 def apply_policy(
     findings: Iterable[Finding], policy: EnvironmentPolicy, today: date
 ) -> list[Finding]:
-    """Each finding with its status: allowed (by an active allowance), expired, or open."""
+    """Each finding with its status: allowed (by an active allowance, or a license on
+    the allowlist), expired, open, or suppressed (VEX, kept as the parser set it)."""
     judged: list[Finding] = []
     for finding in findings:
-        matching = [a for a in policy.allow if a.matches(finding.tool, finding.rule, finding.file)]
-        active = next((a for a in matching if a.active_on(today)), None)
+        if finding.status == "suppressed":
+            judged.append(finding)
+            continue
+        if finding.kind == "license" and policy.licenses.allows(finding.rule):
+            judged.append(
+                replace(
+                    finding,
+                    status="allowed",
+                    allow_reason="license on the policy's allowlist",
+                    allowed_by=f"licenses.allowed: {finding.rule}",
+                )
+            )
+            continue
+        ids = (finding.rule, *finding.ids)
+        matching = [
+            (a, matched)
+            for a in policy.allow
+            if (matched := a.match(finding.tool, ids, finding.file)) is not None
+        ]
+        active = next(((a, m) for a, m in matching if a.active_on(today)), None)
         if active is not None:
-            judged.append(replace(finding, status="allowed", allow_reason=active.reason))
+            allowance, matched = active
+            judged.append(
+                replace(
+                    finding,
+                    status="allowed",
+                    allow_reason=allowance.reason,
+                    allowed_by=_allowed_by(allowance.rule, matched),
+                )
+            )
         elif matching:
-            latest = max(matching, key=lambda a: a.expires)
+            latest, matched = max(matching, key=lambda pair: pair[0].expires)
             reason = f"{latest.reason} (expired {latest.expires.isoformat()})"
-            judged.append(replace(finding, status="allowance-expired", allow_reason=reason))
+            judged.append(
+                replace(
+                    finding,
+                    status="allowance-expired",
+                    allow_reason=reason,
+                    allowed_by=_allowed_by(latest.rule, matched),
+                )
+            )
         else:
-            judged.append(replace(finding, status="open", allow_reason=None))
+            judged.append(replace(finding, status="open", allow_reason=None, allowed_by=None))
     return judged
+
+
+def _allowed_by(rule: str, matched: str) -> str:
+    return f"allow {rule}" if rule == matched else f"allow {rule} (matched {matched})"
+
+
+def _fails(finding: Finding, policy: EnvironmentPolicy) -> bool:
+    if finding.status in ("allowed", "suppressed"):
+        return False
+    return policy.fails(finding.severity, license=finding.kind == "license")
 
 
 def _sort_key(finding: Finding) -> tuple[int, str, str, int, str]:
@@ -694,7 +872,7 @@ def decide(
     findings: Sequence[Finding], scans: Sequence[SubScan], policy: EnvironmentPolicy
 ) -> tuple[ScanPhase, str, tuple[Finding, ...]]:
     """The phase, a one-line reason, and the findings that fail the policy."""
-    failing = tuple(f for f in findings if f.status != "allowed" and policy.fails(f.severity))
+    failing = tuple(f for f in findings if _fails(f, policy))
     errors = [s for s in scans if s.status == "error"]
     skipped = [s for s in scans if s.status == "skipped"]
     if failing:
@@ -712,7 +890,7 @@ def decide(
         return "Inconclusive", "; ".join(f"{s.tool} skipped: {s.detail}" for s in skipped), failing
     if not scans:
         return "Inconclusive", "no scanner ran", failing
-    opened = sum(1 for f in findings if f.status != "allowed")
+    opened = sum(1 for f in findings if f.status not in ("allowed", "suppressed"))
     return "Successful", f"no open finding at or above {policy.fail_on} ({opened} below)", failing
 
 
@@ -802,6 +980,8 @@ def findings_rows(result: ScanResult) -> list[dict[str, str]]:
             "file:line": f.location,
             "status": f.status,
             "message": f.message,
+            "allowed by": f.allowed_by or "",
+            "reason": f.allow_reason or "",
         }
         for f in result.findings
     ]
@@ -819,7 +999,9 @@ def scan_markdown(result: ScanResult) -> str:
     lines += ["| scanner | status | detail | seconds |", "|---|---|---|---|"]
     for scan in result.scans:
         lines.append(f"| {scan.tool} | {scan.status} | {_cell(scan.detail)} | {scan.seconds:.1f} |")
-    counts = Counter(f.severity for f in result.findings if f.status != "allowed")
+    counts = Counter(
+        f.severity for f in result.findings if f.status not in ("allowed", "suppressed")
+    )
     if counts:
         order = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"]
         summary = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
@@ -834,7 +1016,8 @@ def scan_markdown(result: ScanResult) -> str:
         for f in findings[:MARKDOWN_FINDINGS_LIMIT]:
             row = f"| {f.severity} | {f.tool} | {_cell(f.rule)} | `{_cell(f.location)}` |"
             row += f" {_cell(f.message)} |"
-            lines.append(row + (f" {_cell(f.allow_reason or '')} |" if note else ""))
+            why = " ".join(part for part in (f.allowed_by, f.allow_reason) if part)
+            lines.append(row + (f" {_cell(why)} |" if note else ""))
         if len(findings) > MARKDOWN_FINDINGS_LIMIT:
             lines.append(f"\n... and {len(findings) - MARKDOWN_FINDINGS_LIMIT} more")
 
@@ -843,6 +1026,8 @@ def scan_markdown(result: ScanResult) -> str:
     table("Allowances expired", expired, note=True)
     allowed = [f for f in result.findings if f.status == "allowed"]
     table("Allowed by the policy", allowed, note=True)
+    suppressed = [f for f in result.findings if f.status == "suppressed"]
+    table("Suppressed (VEX: status, justification, source)", suppressed, note=True)
     return "\n".join(lines) + "\n"
 
 

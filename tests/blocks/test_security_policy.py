@@ -7,7 +7,12 @@ from datetime import date
 import pydantic
 import pytest
 
-from slipway.blocks.security_policy import Allowance, EnvironmentPolicy, SecurityPolicy
+from slipway.blocks.security_policy import (
+    Allowance,
+    EnvironmentPolicy,
+    SecurityPolicy,
+    rule_key,
+)
 from slipway.exceptions import ConfigError
 from tests.blocks.block_suite import OfflineBlockTestSuite
 
@@ -171,3 +176,39 @@ def test_saved_and_loaded_through_the_prefect_api(prefect_harness: None) -> None
     assert loaded.fail_on == "MEDIUM"
     assert loaded.allow[0].expires == EXPIRES
     assert loaded.allow[0].matches("checkov", "CKV_K8S_16", "k8s/gpu/driver.yaml")
+
+
+@pytest.mark.parametrize(
+    ("rule", "key"),
+    [
+        ("DS002", "DS-0002"),
+        ("DS-0002", "DS-0002"),
+        ("AVD-DS-0002", "DS-0002"),
+        ("avd-ksv-0017", "KSV-0017"),
+        ("KSV017", "KSV-0017"),
+        ("AVD-AWS-0086", "AWS-0086"),
+        ("CVE-2024-2511", "CVE-2024-2511"),
+        ("CKV_K8S_16", "CKV_K8S_16"),
+        ("Private Key", "PRIVATE KEY"),
+    ],
+)
+def test_rule_key_spells_every_form_of_a_check_id_alike(rule: str, key: str) -> None:
+    assert rule_key(rule) == key
+
+
+def test_an_allowance_says_which_of_a_findings_ids_it_matched() -> None:
+    allowance = Allowance(tool="trivy", rule="DS002", reason="x", expires=EXPIRES)
+
+    assert allowance.match("trivy", ("DS-0002", "AVD-DS-0002"), "Dockerfile") == "DS-0002"
+    assert allowance.match("trivy", ("AVD-DS-0002", "DS002"), None) == "DS002"  # exact first
+    assert allowance.match("trivy", ("DS-0020",), None) is None
+    assert allowance.match("bandit", ("DS002",), None) is None
+
+
+def test_license_allowlist_ignores_case() -> None:
+    policy = EnvironmentPolicy(licenses={"allowed": ["GPL-2.0-only"], "fail_on": "critical"})
+
+    assert policy.licenses.allows("gpl-2.0-only")
+    assert not policy.licenses.allows("GPL-2.0-or-later")
+    assert not policy.fails("HIGH", license=True)
+    assert policy.fails("HIGH")

@@ -536,6 +536,21 @@ def test_files_a_scanner_cannot_read_make_an_error(broken_workspace: Path) -> No
     assert status["checkov"] == ("error", "checkov could not parse k8s/broken.yaml")
 
 
+def test_an_alias_bomb_never_reaches_checkov(tmp_path: Path) -> None:
+    """Manifests are read with slipway's safe loader first; a bomb is an error, unread."""
+    ws = tmp_path / "bomb"
+    (ws / "k8s").mkdir(parents=True)
+    lines = ["apiVersion: v1", "kind: ConfigMap", "metadata: {name: x}", "x:"]
+    lines.append("  a0: &a0 [" + ", ".join(["lol"] * 10) + "]")
+    lines += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    (ws / "k8s/bomb.yaml").write_text("\n".join(lines) + "\n")
+
+    result = _scan(ws, code=None, secrets=False, config=["k8s"])
+
+    assert result.phase == "Error"
+    assert result.scans[0].detail == "checkov could not parse k8s/bomb.yaml"
+
+
 def test_missing_paths_and_nothing_to_check_are_errors(broken_workspace: Path) -> None:
     result = _scan(broken_workspace, code=["app"], config=["docs"], secrets=False)
 
