@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -318,15 +318,13 @@ class _Attempts:
         return CaseResult(self.classname, self.name, seconds, outcome, message, attempts, self.ref)
 
 
-def _raw_counts(cases: Iterable[Element]) -> tuple[int, int, int]:
-    tests = failures = skipped = 0
-    for case in cases:
-        tests += 1
-        tags = {_local(c.tag) for c in case}
-        failures += bool(tags & {"failure", "error"})
-        marks = {case.get("status", "").lower(), case.get("result", "").lower()}
-        skipped += "skipped" in tags or bool(marks & DISABLED_MARKERS) and not tags & {"failure"}
-    return tests, failures, skipped
+def _raw_counts(case: Element) -> tuple[int, int, int]:
+    """(1, failed?, skipped?) for one testcase, the way a reporter counts its totals."""
+    tags = {_local(c.tag) for c in case}
+    marks = {case.get("status", "").lower(), case.get("result", "").lower()}
+    failed = bool(tags & {"failure", "error"})
+    skipped = "skipped" in tags or (bool(marks & DISABLED_MARKERS) and not failed)
+    return 1, int(failed), int(skipped)
 
 
 def _int_attr(element: Element, *names: str) -> int | None:
@@ -339,7 +337,7 @@ def _int_attr(element: Element, *names: str) -> int | None:
         return None
 
 
-def _totals_note(suite: Element, cases: list[Element], display: str) -> str | None:
+def _totals_note(suite: Element, held: Sequence[int], display: str) -> str | None:
     """Say so when a suite's own totals disagree with the testcases it holds."""
     declared_tests = _int_attr(suite, "tests")
     if declared_tests is None:
@@ -348,7 +346,7 @@ def _totals_note(suite: Element, cases: list[Element], display: str) -> str | No
     # googletest's <testsuites> gives disabled= without skipped=: no claim to check
     has_skipped = suite.get("skipped") is not None
     declared_skipped = _int_attr(suite, "skipped", "disabled") if has_skipped else None
-    tests, failures, skipped = _raw_counts(cases)
+    tests, failures, skipped = held
     wrong = []
     if declared_tests != tests:
         wrong.append(f"tests={declared_tests} but holds {tests} testcase(s)")
@@ -365,43 +363,86 @@ def _totals_note(suite: Element, cases: list[Element], display: str) -> str | No
     )
 
 
-def _walk(root: Element, display: str) -> Iterator[tuple[Element, _Context, Element | None]]:
-    """Every testcase with its context, wherever it sits; depth-limited, no recursion.
+@dataclass
+class _Suite:
+    """A suite element met on the walk, the suite around it, and what it holds."""
 
-    Yields ``(testcase, context, None)`` and, for each suite element, ``(suite, context,
-    suite)``, so totals can be checked per suite.
-    """
+    element: Element
+    parent: int | None
+    held: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+
+_CONTAINERS = ("testcase", "testsuite", "testsuites")
+
+
+def _walk(root: Element) -> tuple[list[tuple[Element, _Context]], list[_Suite]]:
+    """Every testcase with its context, wherever it sits, and every suite with the
+    testcases it holds (its own and its nested suites'). A stack, never recursion."""
     dialect = _dialect(root)
-    stack: list[tuple[Element, _Context, int]] = [(root, _Context(dialect), 0)]
+    cases: list[tuple[Element, _Context]] = []
+    suites: list[_Suite] = []
+    stack: list[tuple[Element, _Context, int | None]] = [(root, _Context(dialect), None)]
     while stack:
-        element, context, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ReportError(f"{display}: suites nested deeper than {MAX_DEPTH} levels")
+        element, context, parent = stack.pop()
         tag = _local(element.tag)
         if tag == "testcase":
-            yield element, context, None
+            cases.append((element, context))
+            if parent is not None:
+                counted = _raw_counts(element)
+                held = suites[parent].held
+                for i in range(3):
+                    held[i] += counted[i]
             continue
-        if tag in ("testsuite", "testsuites"):
-            context = _Context(
-                dialect,
-                suite=element.get("name", context.suite) if tag == "testsuite" else context.suite,
-                file=element.get("file") or element.get("filepath") or context.file,
-            )
-            yield element, context, element
-        children = [c for c in element if _local(c.tag) in ("testcase", "testsuite", "testsuites")]
-        stack.extend((c, context, depth + 1) for c in reversed(children))
+        suites.append(_Suite(element, parent))
+        index = len(suites) - 1
+        if tag == "testsuite":
+            context = _Context(dialect, element.get("name", context.suite), context.file)
+        file = element.get("file") or element.get("filepath")
+        if file:
+            context = _Context(dialect, context.suite, file)
+        children = [c for c in element if _local(c.tag) in _CONTAINERS]
+        stack.extend((c, context, index) for c in reversed(children))
+    # suites were met parents first: adding each into its parent, last first, sums subtrees
+    for suite in reversed(suites):
+        if suite.parent is not None:
+            held = suites[suite.parent].held
+            for i in range(3):
+                held[i] += suite.held[i]
+    return cases, suites
 
 
 def _relative(file: str, workspace: Path | None) -> str:
     if not file or workspace is None or not file.startswith("/"):
         return file
-    try:
-        return Path(file).relative_to(workspace.resolve()).as_posix()
-    except ValueError:
+    for base in (workspace.resolve(), workspace):
         try:
-            return Path(file).relative_to(workspace).as_posix()
+            return Path(file).relative_to(base).as_posix()
         except ValueError:
-            return file
+            continue
+    return file
+
+
+def _read_tree(path: Path, shown: str) -> Element:
+    """The parsed file; refused as soon as nesting passes MAX_DEPTH, before the rest of
+    a hostile file is even read."""
+    depth = 0
+    root: Element | None = None
+    try:
+        for event, element in SafeET.iterparse(str(path), events=("start", "end")):
+            if event == "end":
+                depth -= 1
+                continue
+            depth += 1
+            root = element if root is None else root
+            if depth > MAX_DEPTH:
+                raise ReportError(f"{shown}: elements nested deeper than {MAX_DEPTH} levels")
+    except DefusedXmlException as exc:
+        raise ReportError(f"{shown}: refused unsafe XML ({type(exc).__name__})") from None
+    except SafeET.ParseError as exc:
+        raise ReportError(f"{shown}: not a JUnit XML report ({exc})") from None
+    if root is None:
+        raise ReportError(f"{shown}: not a JUnit XML report (no element)")
+    return root
 
 
 def parse_junit_file(
@@ -415,42 +456,27 @@ def parse_junit_file(
     size = path.stat().st_size
     if size > MAX_REPORT_BYTES:
         raise ReportError(f"{shown}: {size} bytes is over the {MAX_REPORT_BYTES} byte limit")
-    try:
-        root = SafeET.parse(str(path)).getroot()
-    except DefusedXmlException as exc:
-        raise ReportError(f"{shown}: refused unsafe XML ({type(exc).__name__})") from None
-    except SafeET.ParseError as exc:
-        raise ReportError(f"{shown}: not a JUnit XML report ({exc})") from None
-    except RecursionError:
-        raise ReportError(f"{shown}: elements nested too deeply to read") from None
+    root = _read_tree(path, shown)
     if _local(root.tag) not in ("testsuites", "testsuite"):
         raise ReportError(
             f"{shown}: not a JUnit XML report (root element <{_local(root.tag)}>, "
             "expected <testsuites> or <testsuite>)"
         )
+    cases, suites = _walk(root)
     tests: dict[tuple[str, str, str], _Attempts] = {}
-    notes: list[str] = []
-    suites: list[Element] = []
-    for element, context, suite in _walk(root, shown):
-        if suite is not None:
-            suites.append(suite)
-            continue
+    for element, context in cases:
         classname = element.get("classname") or ""
         name = element.get("name") or ""
         file = _relative(element.get("file") or context.file, workspace)
-        ctx = _Context(context.dialect, context.suite, _relative(context.file, workspace))
         key = (classname, name, file)
-        record = tests.setdefault(
-            key, _Attempts(classname, name, test_reference(classname, name, ctx, file))
-        )
-        record.tries.append(_Try(*_result_of(element), parse_seconds(element.get("time"))))
-    for s in suites:
-        held = [e for e in s.iter() if _local(e.tag) == "testcase"]
-        note = _totals_note(s, held, shown)
-        if note and len(notes) < MAX_NOTES_PER_FILE:
-            notes.append(note)
+        if key not in tests:
+            ref = test_reference(classname, name, context, file)
+            tests[key] = _Attempts(classname, name, ref)
+        tests[key].tries.append(_Try(*_result_of(element), parse_seconds(element.get("time"))))
+    notes = [n for s in suites if (n := _totals_note(s.element, s.held, shown))]
     dialect = _dialect(root)
-    return FileReport(tuple(r.merged(dialect) for r in tests.values()), tuple(notes))
+    merged = tuple(r.merged(dialect) for r in tests.values())
+    return FileReport(merged, tuple(notes[:MAX_NOTES_PER_FILE]))
 
 
 def collect_suite(suite: str, workspace: Path, files: Sequence[Path]) -> SuiteReport:
