@@ -66,6 +66,14 @@ def require(program: str, how: str) -> str:
     return found
 
 
+def go_binary() -> str:
+    """Go, from PATH or where the machines install it (/usr/local/go)."""
+    found = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+    if found is None:
+        pytest.fail("go is not installed (the machines have Go in /usr/local/go)", pytrace=False)
+    return found
+
+
 def go_tool(name: str) -> Path:
     path = tools_cache() / f"{name}-{GO_TOOLS[name]}" / name
     if not path.is_file():

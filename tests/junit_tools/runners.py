@@ -12,6 +12,7 @@ from tests.junit_tools import (
     NODE_PACKAGES,
     ToolRun,
     generate,
+    go_binary,
     go_tool,
     node_tools,
     require,
@@ -59,7 +60,7 @@ def pytest_reports() -> ToolRun:
 def go_reports() -> ToolRun:
     """gotestsum with --rerun-fails (the flaky test fails once), and go-junit-report
     reading ``go test -v`` output."""
-    go = require("go", "install Go (the machines have Go 1.26 in /usr/local/go)")
+    go = go_binary()
     gotestsum, go_junit_report = go_tool("gotestsum"), go_tool("go-junit-report")
 
     def runner(work: Path) -> tuple[dict[str, str], dict[str, str]]:

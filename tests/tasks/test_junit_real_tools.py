@@ -21,7 +21,7 @@ from xml.dom import minidom
 import pytest
 
 from slipway.tasks.junit_reports import FileReport, parse_junit_file
-from tests.junit_tools import ToolRun, go_tool, node_tools, runners
+from tests.junit_tools import ToolRun, go_binary, go_tool, node_tools, runners
 
 
 @pytest.fixture(scope="session")
@@ -208,7 +208,7 @@ def test_go_names_run_that_test_again(go_run):
     test, package = re.fullmatch(r"(\S+) \((\S+)\)", negative.id).groups()  # type: ignore[union-attr]
 
     rerun = subprocess.run(
-        ["go", "test", "-count=1", "-v", "-run", f"^{test.replace('/', '$/^')}$", package],
+        [go_binary(), "test", "-count=1", "-v", "-run", f"^{test.replace('/', '$/^')}$", package],
         cwd=go_run.workdir,
         capture_output=True,
         text=True,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -151,15 +150,13 @@ def billion_laughs() -> str:
     )
 
 
-def test_entity_bomb_is_refused_quickly(tmp_path):
+def test_entity_bomb_is_refused(tmp_path):
     path = tmp_path / "bomb.xml"
     path.write_text(billion_laughs())
-    started = time.monotonic()
 
     with pytest.raises(ReportError, match="refused unsafe XML") as caught:
         parse_junit_file(path, display="reports/bomb.xml")
 
-    assert time.monotonic() - started < 0.5
     assert str(caught.value).startswith("reports/bomb.xml: ")
 
 
@@ -440,13 +437,11 @@ def test_an_unknown_time_never_fails_the_report(tmp_path):
 @pytest.mark.parametrize("depth", [101, 200_000])
 def test_hostile_nesting_is_a_report_error_naming_the_file(tmp_path, depth):
     text = "<testsuites>" * depth + '<testcase name="t"/>' + "</testsuites>" * depth
-    started = time.monotonic()
 
     with pytest.raises(ReportError) as caught:
         parse_text(tmp_path, text, "deep.xml")
 
     assert str(caught.value) == "reports/deep.xml: elements nested deeper than 100 levels"
-    assert time.monotonic() - started < 1.0
 
 
 def test_nesting_within_the_limit_is_read(tmp_path):
