@@ -225,8 +225,11 @@ def test_reference(classname: str, name: str, context: _Context, file: str = "")
     if context.dialect == "go" or (_GO_TEST.match(name) and package and package == context.suite):
         return f"{name} ({package})" if package else name
     # JavaScript reporters repeat the full name as the classname (jest-junit's default
-    # "{classname} {title}" for both): say it once, after the file when known
-    full = name.strip() if classname.strip() in ("", name.strip()) else name.strip()
+    # "{classname} {title}" for both) or put the title there (mocha): say the full name
+    # (describe blocks and title, what `jest -t` / `mocha --grep` match) once, after the
+    # file when known; a classname that is only the describe blocks goes in front
+    title, group = name.strip(), classname.strip()
+    full = title if not group or group in title else f"{group} {title}"
     if context.dialect == "js" or file:
         return f"{file} > {full}" if file else full
     return f"{classname}::{name}" if classname and classname != name else name
