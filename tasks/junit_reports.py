@@ -20,7 +20,8 @@ reads what the common ones really write (see the README's reporter table):
   becomes a note in the stage log and the artifact, the testcases are what counts.
 - **Names to paste back.** :func:`test_reference` names a test the way its tool takes
   it: pytest node ids, ``Class#method`` for Maven, ``TestX/sub (package)`` for Go,
-  ``Suite.Test`` for googletest, ``file > full name`` for JavaScript.
+  ``Suite.Test`` for googletest, ``file > full name`` for JavaScript, else
+  ``Class::method`` (PHPUnit's ``--filter``).
 
 Reports are written by the code under test, so they are untrusted: defusedxml parses
 them (DTD entities and external entities are refused before anything expands), files
@@ -230,7 +231,7 @@ def test_reference(classname: str, name: str, context: _Context, file: str = "")
     # file when known; a classname that is only the describe blocks goes in front
     title, group = name.strip(), classname.strip()
     full = title if not group or group in title else f"{group} {title}"
-    if context.dialect == "js" or file:
+    if context.dialect == "js" or (file and full == title):
         return f"{file} > {full}" if file else full
     return f"{classname}::{name}" if classname and classname != name else name
 

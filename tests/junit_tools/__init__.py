@@ -15,6 +15,7 @@ Where the tools come from (CI installs every one: a missing tool fails, never sk
   into ``$XDG_CACHE_HOME/slipway-tools/node-<hash of the pins>/`` on first use.
 - Maven Surefire and JUnit 5: Maven Central into ``~/.m2`` on first use.
 - googletest, cmake and ctest: Debian's ``googletest``, ``libgtest-dev`` and ``cmake``.
+- PHPUnit (the one common tool that nests suites): Debian's ``phpunit``.
 """
 
 from __future__ import annotations

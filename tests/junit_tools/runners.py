@@ -203,3 +203,14 @@ def gtest_reports() -> ToolRun:
 
 def _gtest_version() -> str:
     return _version(["dpkg-query", "-W", "-f=${Version}", "libgtest-dev"])
+
+
+def phpunit_reports() -> ToolRun:
+    """PHPUnit (Debian's phpunit): <testsuite> nested three deep, data providers included."""
+    phpunit = require("phpunit", "apt-get install phpunit")
+
+    def runner(work: Path) -> tuple[dict[str, str], dict[str, str]]:
+        output = run([phpunit, "--log-junit", "reports/phpunit.xml"], work)
+        return {"phpunit": "reports/phpunit.xml"}, {"phpunit": output}
+
+    return generate("phpunit", "phpunit", {"phpunit": _version([phpunit, "--version"])}, runner)

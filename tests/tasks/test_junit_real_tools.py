@@ -396,3 +396,65 @@ def test_googletest_names_run_that_test_again(gtest_run):
 
     assert re.search(r"^\[==========\] 1 test from 1 test suite ran", rerun.stdout, re.M)
     assert f"[  FAILED  ] {failed[0]}" in rerun.stdout
+
+
+# ---- PHPUnit: nested suites -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def phpunit_run() -> ToolRun:
+    return runners.phpunit_reports()
+
+
+def test_phpunit_nested_suites_are_walked(phpunit_run):
+    report = parsed(phpunit_run, "phpunit")
+    tool = summary_numbers(
+        phpunit_run.output["phpunit"],
+        r"^Tests: (?P<tests>\d+), Assertions: \d+, Errors: (?P<errors>\d+), "
+        r"Failures: (?P<failures>\d+), Skipped: (?P<skipped>\d+)\.",
+    )
+    document = minidom.parse(str(phpunit_run.reports["phpunit"]))
+    deepest = max(
+        len([a for a in _ancestors(e) if a.nodeName == "testsuite"])
+        for e in document.getElementsByTagName("testcase")
+    )
+
+    assert deepest == 4  # the case sits in suite, suite, class and data-provider suites
+    assert outcomes(report) == {
+        "CalcTest::testAdds": "passed",
+        "CalcTest::testSubtractsWrongly": "failed",
+        "CalcTest::testSkipped": "skipped",
+        "CalcTest::testThrows": "error",
+        'CalcTest::testSums with data set "small"': "passed",
+        'CalcTest::testSums with data set "wrong"': "failed",
+    }
+    n = counts(report)
+    assert (len(report.cases), n["error"], n["failed"], n["skipped"]) == (
+        tool["tests"],
+        tool["errors"],
+        tool["failures"],
+        tool["skipped"],
+    )
+    assert report.notes == ()
+
+
+def _ancestors(node: minidom.Node) -> list[minidom.Node]:
+    found = []
+    while node.parentNode is not None:
+        node = node.parentNode
+        found.append(node)
+    return found
+
+
+def test_phpunit_names_run_that_test_again(phpunit_run):
+    failed = [c.id for c in parsed(phpunit_run, "phpunit").cases if c.outcome == "failed"]
+
+    rerun = subprocess.run(
+        ["phpunit", "--filter", re.escape(failed[0])],
+        cwd=phpunit_run.workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert re.search(r"^Tests: 1, Assertions: 1, Failures: 1\.", rerun.stdout, re.M), rerun.stdout

@@ -541,15 +541,18 @@ def test_todo_marked_by_the_reporter_is_skipped(tmp_path):
         ("x", "res sends", "res sends", "", "res sends"),  # jest-junit's doubled default
         ("x", "res sends", "res sends", "test/res.js", "test/res.js > res sends"),
         # jest-junit with classNameTemplate "{classname}" and titleTemplate "{title}"
-        ("x", "res .json()", "sends", "test/res.js", "test/res.js > res .json() sends"),
+        ("jest", "res .json()", "sends", "test/res.js", "test/res.js > res .json() sends"),
         ("x", "a.b.C", "m", "", "a.b.C::m"),
+        ("x", "CalcTest", "testAdds", "tests/CalcTest.php", "CalcTest::testAdds"),  # PHPUnit
     ],
 )
 def test_names_to_paste_back(tmp_path, suite_name, classname, name, file, expected):
     file_attribute = f' file="{file}"' if file else ""
     report = parse_text(
         tmp_path,
-        f'<testsuites><testsuite name="{suite_name}"><testcase classname="{classname}" '
+        # "jest" stands for a jest-junit report, whose root jest-junit names "jest tests"
+        f'<testsuites name="{suite_name} tests"><testsuite name="{suite_name}">'
+        f'<testcase classname="{classname}" '
         f'name="{name}"{file_attribute}/></testsuite></testsuites>',
     )
 
