@@ -609,7 +609,8 @@ def _ci_summary(report: PipelineReport) -> tuple[str, ...]:
         if suites:
             total = sum(t.tests for t in suites)
             failed = sum(len(t.problems) for t in suites)
-            extra.append(f"{total} tests, {failed} failed")
+            flaky = sum(len(t.flaky) for t in suites)
+            extra.append(f"{total} tests, {failed} failed" + (f", {flaky} flaky" if flaky else ""))
         if stage.gate is not None:
             extra.append(f"gate {stage.gate.phase}")
         if stage.scan is not None:
