@@ -18,7 +18,7 @@ reads what the common ones really write (see the README's reporter table):
   with the testcases it holds (mocha-junit-reporter drops pending tests, jest-junit
   counts ``test.todo`` as a pass, Surefire's reruns rewrite the totals); a mismatch
   becomes a note in the stage log and the artifact, the testcases are what counts.
-- **Names to paste back.** :func:`test_reference` names a test the way its tool takes
+- **Names to paste back.** :func:`runnable_name` names a test the way its tool takes
   it: pytest node ids, ``Class#method`` for Maven, ``TestX/sub (package)`` for Go,
   ``Suite.Test`` for googletest, ``file > full name`` for JavaScript, else
   ``Class::method`` (PHPUnit's ``--filter``).
@@ -72,7 +72,7 @@ class CaseResult:
     outcome: Outcome
     message: str = ""
     attempts: int = 1
-    ref: str = ""  # the tool's own name for it (see test_reference); "" = classname::name
+    ref: str = ""  # the tool's own name for it (see runnable_name); "" = classname::name
 
     @property
     def id(self) -> str:
@@ -212,7 +212,7 @@ def _pytest_node_id(classname: str, name: str, file: str) -> str:
     return "::".join([p for p in (path, *classes) if p] + [name])
 
 
-def test_reference(classname: str, name: str, context: _Context, file: str = "") -> str:
+def runnable_name(classname: str, name: str, context: _Context, file: str = "") -> str:
     """The name a developer pastes back into the tool to run this one test again."""
     file = file or context.file
     if context.dialect == "pytest":
@@ -251,30 +251,26 @@ def _result_of(case: Element) -> tuple[Outcome, str, int, int]:
     The result elements are ranked (failure > error > skipped), never read in order.
     """
     found: dict[str, Element] = {}
-    retried_failures = 0
-    flaky_failures = 0
+    flaky: list[Element] = []
+    reruns = 0  # Surefire's rerunFailure/rerunError: more failed attempts of a failed test
     for child in case:
         tag = _local(child.tag)
         if tag in ("failure", "error", "skipped"):
             found.setdefault(tag, child)
         elif tag in ("flakyFailure", "flakyError"):
-            flaky_failures += 1
+            flaky.append(child)
         elif tag in ("rerunFailure", "rerunError"):
-            retried_failures += 1
-    marks = {case.get("status", "").lower(), case.get("result", "").lower()}
-    for outcome, tag in (("failed", "failure"), ("error", "error"), ("skipped", "skipped")):
+            reruns += 1
+    for outcome, tag in (("failed", "failure"), ("error", "error")):
         if tag in found:
-            text = _message(found[tag])
-            return outcome, text[:MESSAGE_CHARS], 1 + retried_failures, 1 + retried_failures  # type: ignore[return-value]
+            return outcome, _message(found[tag])[:MESSAGE_CHARS], 1 + reruns, 1 + reruns  # type: ignore[return-value]
+    if "skipped" in found:
+        return "skipped", _message(found["skipped"])[:MESSAGE_CHARS], 1, 0
+    marks = {case.get("status", "").lower(), case.get("result", "").lower()}
     if marks & DISABLED_MARKERS:
         return "skipped", "disabled", 1, 0
-    if flaky_failures:
-        return (
-            "flaky",
-            f"passed after {flaky_failures} failed attempt(s)",
-            1 + flaky_failures,
-            flaky_failures,
-        )
+    if flaky:
+        return "flaky", _message(flaky[0])[:MESSAGE_CHARS], 1 + len(flaky), len(flaky)
     return "passed", "", 1, 0
 
 
@@ -379,10 +375,9 @@ class _Suite:
 _CONTAINERS = ("testcase", "testsuite", "testsuites")
 
 
-def _walk(root: Element) -> tuple[list[tuple[Element, _Context]], list[_Suite]]:
+def _walk(root: Element, dialect: str) -> tuple[list[tuple[Element, _Context]], list[_Suite]]:
     """Every testcase with its context, wherever it sits, and every suite with the
     testcases it holds (its own and its nested suites'). A stack, never recursion."""
-    dialect = _dialect(root)
     cases: list[tuple[Element, _Context]] = []
     suites: list[_Suite] = []
     stack: list[tuple[Element, _Context, int | None]] = [(root, _Context(dialect), None)]
@@ -466,7 +461,8 @@ def parse_junit_file(
             f"{shown}: not a JUnit XML report (root element <{_local(root.tag)}>, "
             "expected <testsuites> or <testsuite>)"
         )
-    cases, suites = _walk(root)
+    dialect = _dialect(root)
+    cases, suites = _walk(root, dialect)
     tests: dict[tuple[str, str, str], _Attempts] = {}
     for element, context in cases:
         classname = element.get("classname") or ""
@@ -474,11 +470,10 @@ def parse_junit_file(
         file = _relative(element.get("file") or context.file, workspace)
         key = (classname, name, file)
         if key not in tests:
-            ref = test_reference(classname, name, context, file)
+            ref = runnable_name(classname, name, context, file)
             tests[key] = _Attempts(classname, name, ref)
         tests[key].tries.append(_Try(*_result_of(element), parse_seconds(element.get("time"))))
     notes = [n for s in suites if (n := _totals_note(s.element, s.held, shown))]
-    dialect = _dialect(root)
     merged = tuple(r.merged(dialect) for r in tests.values())
     return FileReport(merged, tuple(notes[:MAX_NOTES_PER_FILE]))
 

@@ -252,6 +252,7 @@ def test_surefire_report(maven_run):
         tool["flakes"],
     )
     assert cases["demo.CalculatorTest#flakyOnce"].attempts == 2
+    assert "fails the first time only" in cases["demo.CalculatorTest#flakyOnce"].message
     assert cases["demo.CalculatorTest#subtractsWrongly"].attempts == 3  # 1 + 2 reruns
     # Surefire's reruns rewrite the suite's totals (tests="2"): said, not believed
     assert len(report.notes) == 1 and "tests=2 but holds 7 testcase(s)" in report.notes[0]

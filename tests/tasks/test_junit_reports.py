@@ -475,6 +475,16 @@ def test_passed_then_failed_is_a_failure_not_flaky(tmp_path):
     assert (report.cases[0].outcome, report.cases[0].attempts) == ("failed", 2)
 
 
+def test_skipped_then_passed_is_not_flaky(tmp_path):
+    """Only a failed attempt makes a test flaky; a skip before a pass does not."""
+    report = parse_text(
+        tmp_path,
+        '<testsuite><testcase name="A"><skipped/></testcase><testcase name="A"/></testsuite>',
+    )
+
+    assert (report.cases[0].outcome, report.cases[0].attempts) == ("skipped", 2)
+
+
 def test_surefire_flaky_and_rerun_elements(tmp_path):
     report = parse_text(
         tmp_path,
@@ -485,7 +495,7 @@ def test_surefire_flaky_and_rerun_elements(tmp_path):
     )
     cases = {c.name: c for c in report.cases}
 
-    assert (cases["f"].outcome, cases["f"].attempts) == ("flaky", 3)
+    assert (cases["f"].outcome, cases["f"].attempts, cases["f"].message) == ("flaky", 3, "first")
     assert (cases["g"].outcome, cases["g"].attempts) == ("failed", 2)
     assert cases["g"].id == "d.T#g"
 
