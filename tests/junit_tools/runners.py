@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from tests.junit_tools import (
@@ -53,7 +54,11 @@ def pytest_reports() -> ToolRun:
             )
         return {f: f"reports/{f}.xml" for f in ("xunit2", "xunit1")}, output
 
-    versions = {"pytest": pytest_module.__version__, "python": sys.version}
+    versions = {
+        "pytest": pytest_module.__version__,
+        "pytest-rerunfailures": metadata.version("pytest-rerunfailures"),
+        "python": sys.version,
+    }
     return generate("pytest", "pytest", versions, runner)
 
 

@@ -21,7 +21,7 @@ from xml.dom import minidom
 import pytest
 
 from slipway.tasks.junit_reports import FileReport, parse_junit_file
-from tests.junit_tools import ToolRun, go_binary, go_tool, node_tools, runners
+from tests.junit_tools import ToolRun, go_binary, go_tool, node_tools, require, runners
 
 
 @pytest.fixture(scope="session")
@@ -459,3 +459,10 @@ def test_phpunit_names_run_that_test_again(phpunit_run):
     )
 
     assert re.search(r"^Tests: 1, Assertions: 1, Failures: 1\.", rerun.stdout, re.M), rerun.stdout
+
+
+def test_a_missing_tool_fails_and_says_what_to_install():
+    with pytest.raises(
+        pytest.fail.Exception, match="slipway-no-such-tool is not installed: apt-get install it"
+    ):
+        require("slipway-no-such-tool", "apt-get install it")
