@@ -47,6 +47,7 @@ from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
 from slipway.tasks.artifacts import restore_artifacts
 from slipway.tasks.checkout import CheckoutResult, checkout
+from slipway.tasks.flaky_history import record_flaky_tests
 from slipway.tasks.junit_reports import summary_markdown as tests_markdown
 from slipway.tasks.junit_reports import summary_rows
 from slipway.tasks.notify import PipelineOutcome, notify_slack
@@ -274,17 +275,20 @@ async def _run_stages(
                 )
 
 
-async def _publish_artifacts(report: PipelineReport) -> None:
+async def _publish_artifacts(report: PipelineReport, run_id: str) -> None:
     await acreate_markdown_artifact(
         key=_artifact_key(report.app, "pipeline-summary"),
         markdown=summary_markdown(report),
         description=f"{report.app} pipeline at {report.sha[:12]}: {report.status}",
     )
     suites = report.test_reports
+    # a reused stage's report is an earlier run's: its flaky tests are on record already
+    fresh = [s.tests for s in report.stages if s.tests is not None and s.status != "cached"]
+    flaky = record_flaky_tests(report.app, fresh, run_id)
     if suites:
         await acreate_markdown_artifact(
             key=_artifact_key(report.app, "tests"),
-            markdown=tests_markdown(suites),
+            markdown=tests_markdown(suites, flaky_runs={k: r.flaky_runs for k, r in flaky.items()}),
             description="Test suites: passed / failed / skipped / errors, failures, slowest",
         )
         await acreate_table_artifact(
@@ -563,7 +567,7 @@ async def pipeline(
             run_url=run_url,
             seconds=round(time.monotonic() - started, 3),
         )
-    await _publish_artifacts(report)
+    await _publish_artifacts(report, run_id)
     await _notify(slack, report, redactor)
     if report.status == "failure":
         logger.error("pipeline failed at stage %s: %s", report.failed_stage, report.reason)
@@ -605,7 +609,8 @@ def _ci_summary(report: PipelineReport) -> tuple[str, ...]:
         if suites:
             total = sum(t.tests for t in suites)
             failed = sum(len(t.problems) for t in suites)
-            extra.append(f"{total} tests, {failed} failed")
+            flaky = sum(len(t.flaky) for t in suites)
+            extra.append(f"{total} tests, {failed} failed" + (f", {flaky} flaky" if flaky else ""))
         if stage.gate is not None:
             extra.append(f"gate {stage.gate.phase}")
         if stage.scan is not None:

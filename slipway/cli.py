@@ -60,7 +60,7 @@ def _run_pipeline(
         prepare() if prepare else contextlib.nullcontext(),
     ):
         from slipway.flows.pipeline import run_pipeline
-        from slipway.report import DEPLOY_ICONS, ICONS
+        from slipway.report import DEPLOY_ICONS, stage_line
 
         state = run_pipeline(
             repository=repository,
@@ -79,11 +79,7 @@ def _run_pipeline(
     print()
     if hasattr(report, "stages"):
         for stage in report.stages:
-            indent = "    " if stage.group else "  "
-            note = f"  {stage.reason}" if stage.reason else ""
-            print(
-                f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{note}"
-            )
+            print(stage_line(stage))
         for env in report.environments:
             note = f"  {env.reason}" if env.reason else ""
             print(

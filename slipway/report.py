@@ -117,6 +117,16 @@ class PipelineReport:
         return next((s.pushed for s in reversed(self.stages) if s.pushed is not None), None)
 
 
+def stage_line(stage: StageOutcome) -> str:
+    """One row of the CLI's stage table: name, status, time, test counts, reason."""
+    indent = "    " if stage.group else "  "
+    counts = f"  [{stage.tests.counts_text()}]" if stage.tests is not None else ""
+    note = f"  {stage.reason}" if stage.reason else ""
+    return (
+        f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{counts}{note}"
+    )
+
+
 def _cell(text: str, limit: int = 200) -> str:
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -137,7 +147,8 @@ def summary_markdown(report: PipelineReport) -> str:
     lines += ["", "| stage | status | seconds | note |", "|---|---|---:|---|"]
     for s in report.stages:
         name = f"↳ {s.name}" if s.group else s.name
-        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds:.2f} | {_cell(s.reason)} |")
+        note = "; ".join(p for p in (s.tests.counts_text() if s.tests else "", s.reason) if p)
+        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds:.2f} | {_cell(note)} |")
     if report.environments:
         lines += ["", "| environment | status | seconds | revision | approver | note |"]
         lines.append("|---|---|---:|---:|---|---|")

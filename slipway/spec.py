@@ -144,6 +144,11 @@ class Stage(StrictModel):
         default_factory=list, description="Globs of files to archive with a sha256 fingerprint."
     )
     junit: RelGlobs = Field(default_factory=list, description="Globs of JUnit XML reports.")
+    allow_empty: bool = Field(
+        default=False,
+        description="JUnit reports holding no test pass instead of failing the stage "
+        "(default false: a suite that ran nothing is broken).",
+    )
     cache: bool = Field(
         default=True, description="Reuse the result for the same commit, spec and inputs."
     )
@@ -170,6 +175,8 @@ class Stage(StrictModel):
                     "'artifacts' cannot be archived from a 'work_pool' stage: its files stay "
                     "on the runner's machine (archive them in a local stage)"
                 )
+        if self.allow_empty and not self.junit:
+            raise ValueError("'allow_empty' goes with 'junit' only")
         if self.allow_inconclusive and self.kind not in ("quality_gate", "security_scan"):
             raise ValueError("'allow_inconclusive' goes with quality_gate or security_scan only")
         if self.parallel is not None:

@@ -150,6 +150,34 @@ def _read_reports(stage: Stage, workspace: Path, before: Snapshot) -> SuiteRepor
     return collect_suite(stage.name, workspace, files)
 
 
+def _log_report(report: SuiteReport, log: Callable[[str], None]) -> None:
+    for note in report.notes:
+        log(f"JUnit totals disagree: {note}")
+    for case in report.flaky:
+        log(f"flaky test {case.id}: passed after {case.attempts} attempts ({case.message})")
+
+
+def _check_report(stage: Stage, report: SuiteReport | None, log: Callable[[str], None]) -> None:
+    """Log what the report says beyond pass/fail; fail a suite that ran no test at all.
+
+    Zero testcases is how a broken test run looks (a collection error, a wrong path, a
+    layout the reporter got wrong), so it fails unless the stage says ``allow_empty``.
+    """
+    if report is None:
+        return
+    _log_report(report, log)
+    if report.tests == 0:
+        if stage.allow_empty:
+            log("the JUnit report holds no test, and the stage allows it (allow_empty)")
+            return
+        raise StageFailedWithReport(
+            stage.name,
+            f"the JUnit report ({', '.join(report.files)}) holds no test; a suite that ran "
+            "nothing fails unless the stage says allow_empty: true",
+            report,
+        )
+
+
 def execute_stage(
     stage: Stage,
     ctx: StageContext,
@@ -240,6 +268,8 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
             report = _read_reports(stage, ctx.workspace, before)
         except (StageFailed, ReportError):
             report = None
+        if report is not None:
+            _log_report(report, log)
         detail = str(failure).split(": ", 1)[-1]
         if report and report.problems:
             names = ", ".join(c.id for c in report.problems[:10])
@@ -247,6 +277,7 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
             detail = f"{len(report.problems)} test(s) failed: {names}{more}"
         raise StageFailedWithReport(stage.name, detail, report) from None
     report = _read_reports(stage, ctx.workspace, before)
+    _check_report(stage, report, log)
     if report and report.problems:
         names = ", ".join(c.id for c in report.problems[:10])
         raise StageFailedWithReport(
