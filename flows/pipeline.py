@@ -46,7 +46,7 @@ from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, sum
 from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
 from slipway.tasks.artifacts import restore_artifacts
-from slipway.tasks.checkout import CheckoutResult, checkout
+from slipway.tasks.checkout import DEFAULT_BRANCH, CheckoutResult, checkout
 from slipway.tasks.junit_reports import summary_markdown as tests_markdown
 from slipway.tasks.junit_reports import summary_rows
 from slipway.tasks.notify import PipelineOutcome, notify_slack
@@ -459,7 +459,8 @@ async def pipeline(
     repo = await resolve_repository(repository)
     redactor.add(*repo.secret_values())
     slack = await _load_notifier(notifier, redactor)
-    branch_name = branch or repo.default_branch
+    # "HEAD": the remote's default branch, resolved (and the commit verified on it) by checkout
+    branch_name = branch or repo.default_branch or DEFAULT_BRANCH
     workspace = new_workspace("runs", run_id)
     app = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     sha = commit or "unknown"
@@ -467,12 +468,12 @@ async def pipeline(
     try:
         checkout_state = await _settled(
             checkout.submit(
-                repo, workspace, ref=commit or branch_name, base=base, redactor=redactor
+                repo, workspace, ref=commit, branch=branch_name, base=base, redactor=redactor
             )
         )
         result: CheckoutResult = await checkout_state.aresult()
         sha = result.sha
-        result = CheckoutResult(**{**result.__dict__, "branch": branch_name})
+        branch_name = result.branch or branch_name  # verified: the commit is on it
         logger.info(
             "checked out %s at %s (%s): %s, %d file(s) changed since %s",
             branch_name,
