@@ -20,7 +20,8 @@ import re
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/]*)@")
+_SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # git's "<transport>::<address>" syntax hands the address to a helper (ext:: runs a command)
 _TRANSPORT_HELPER = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*::")
@@ -28,7 +29,7 @@ _TRANSPORT_HELPER = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*::")
 PROTOCOLS = ("https", "ssh", "file")
 # allowed only for a remote whose URL says so: no TLS, so only when asked for
 OPT_IN_PROTOCOLS = ("http", "git")
-_URL_SCHEMES = {"https", "ssh", "git+ssh", "ssh+git", "file", *OPT_IN_PROTOCOLS}
+_URL_SCHEMES = {"https", "file", *_SSH_SCHEMES, *OPT_IN_PROTOCOLS}
 
 
 _GIT_LOGO = "https://git-scm.com/images/logos/downloads/Git-Icon-1788C.png"
@@ -66,7 +67,9 @@ class GitRemote(Block):
     @field_validator("url")
     @classmethod
     def _no_credentials_in_url(cls, value: str) -> str:
-        if _USERINFO.match(value):
+        userinfo = _USERINFO.match(value)
+        # an ssh user name ("ssh://git@host/...") is not a secret; a password or a token is
+        if userinfo and (userinfo.group(1).lower() not in _SSH_SCHEMES or ":" in userinfo.group(2)):
             raise ValueError(
                 "the URL carries credentials; put them in 'username' and 'token' instead"
             )
