@@ -37,7 +37,7 @@ from slipway.blocks.notifications import SlackNotifier
 from slipway.blocks.security_policy import SecurityPolicy
 from slipway.conditions import ConditionContext, evaluate
 from slipway.deploy_spec import DeploySpec
-from slipway.exceptions import ConfigError, SlipwayError, StageFailed
+from slipway.exceptions import CommitNotOnBranch, ConfigError, SlipwayError, StageFailed
 from slipway.flows.deliver import Delivery, deliver, load_delivery_blocks
 from slipway.flows.scheduler import Decision, StageWalker
 from slipway.flows.stage_runner import ensure_stage_runners
@@ -557,7 +557,7 @@ async def pipeline(
         report = PipelineReport(
             app=app,
             sha=sha,
-            branch=branch_name,
+            branch=exc.branch if isinstance(exc, CommitNotOnBranch) else branch_name,
             status="failure",
             failed_stage=step,
             reason=redactor.redact(str(exc)),
