@@ -215,9 +215,11 @@ def verify_on_branch(g: _Git, sha: str, branch: str, *, ref: str | None = None) 
         CommitNotOnBranch: ``sha`` is not an ancestor of (or equal to) the head.
         CheckoutError: the branch does not exist on the remote.
     """
-    if not g("ls-remote", "--", "origin", f"refs/heads/{branch}").strip():
+    full, tracking = f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"
+    if not g("ls-remote", "--", "origin", full).strip():
         raise CheckoutError(f"branch {branch!r} does not exist on the remote")
-    head, _shallow, _branch = _fetch_ref(g, branch, None)
+    _fetch(g, f"+{full}:{tracking}", None)
+    head = g("rev-parse", "--verify", f"{tracking}^{{commit}}")
     status, _out, err = g.status("merge-base", "--is-ancestor", sha, head)
     if status == 1:
         raise CommitNotOnBranch(sha, branch, ref)
