@@ -89,9 +89,12 @@ class ManifestsRepository(GitRemote):
     _logo_url = _GIT_LOGO  # type: ignore[assignment]
     _documentation_url = _DOCS  # type: ignore[assignment]
 
-    branch: str = Field(
-        default="main",
-        description="Branch the cluster syncs from and bumps are pushed to. Default: main.",
+    branch: str | None = Field(
+        default=None,
+        description=(
+            "Branch the cluster syncs from and bumps are pushed to. Default: the remote's "
+            "own default branch (what its HEAD points at)."
+        ),
     )
     environments: dict[EnvironmentName, EnvironmentManifests] = Field(
         default_factory=dict,
@@ -113,8 +116,8 @@ class ManifestsRepository(GitRemote):
 
     @field_validator("branch")
     @classmethod
-    def _valid_branch(cls, value: str) -> str:
-        if not _BRANCH_RE.match(value):
+    def _valid_branch(cls, value: str | None) -> str | None:
+        if value is not None and not _BRANCH_RE.match(value):
             raise ValueError(f"not a valid branch name: {value!r}")
         return value
 

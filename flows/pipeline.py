@@ -37,7 +37,7 @@ from slipway.blocks.notifications import SlackNotifier
 from slipway.blocks.security_policy import SecurityPolicy
 from slipway.conditions import ConditionContext, evaluate
 from slipway.deploy_spec import DeploySpec
-from slipway.exceptions import ConfigError, SlipwayError, StageFailed
+from slipway.exceptions import CommitNotOnBranch, ConfigError, SlipwayError, StageFailed
 from slipway.flows.deliver import Delivery, deliver, load_delivery_blocks
 from slipway.flows.scheduler import Decision, StageWalker
 from slipway.flows.stage_runner import ensure_stage_runners
@@ -46,7 +46,7 @@ from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, sum
 from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
 from slipway.tasks.artifacts import restore_artifacts
-from slipway.tasks.checkout import CheckoutResult, checkout
+from slipway.tasks.checkout import DEFAULT_BRANCH, CheckoutResult, checkout
 from slipway.tasks.flaky_history import record_flaky_tests
 from slipway.tasks.junit_reports import summary_markdown as tests_markdown
 from slipway.tasks.junit_reports import summary_rows
@@ -463,7 +463,8 @@ async def pipeline(
     repo = await resolve_repository(repository)
     redactor.add(*repo.secret_values())
     slack = await _load_notifier(notifier, redactor)
-    branch_name = branch or repo.default_branch
+    # "HEAD": the remote's default branch, resolved (and the commit verified on it) by checkout
+    branch_name = branch or repo.default_branch or DEFAULT_BRANCH
     workspace = new_workspace("runs", run_id)
     app = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     sha = commit or "unknown"
@@ -471,12 +472,12 @@ async def pipeline(
     try:
         checkout_state = await _settled(
             checkout.submit(
-                repo, workspace, ref=commit or branch_name, base=base, redactor=redactor
+                repo, workspace, ref=commit, branch=branch_name, base=base, redactor=redactor
             )
         )
         result: CheckoutResult = await checkout_state.aresult()
         sha = result.sha
-        result = CheckoutResult(**{**result.__dict__, "branch": branch_name})
+        branch_name = result.branch or branch_name  # verified: the commit is on it
         logger.info(
             "checked out %s at %s (%s): %s, %d file(s) changed since %s",
             branch_name,
@@ -560,7 +561,7 @@ async def pipeline(
         report = PipelineReport(
             app=app,
             sha=sha,
-            branch=branch_name,
+            branch=exc.branch if isinstance(exc, CommitNotOnBranch) else branch_name,
             status="failure",
             failed_stage=step,
             reason=redactor.redact(str(exc)),

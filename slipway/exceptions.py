@@ -12,6 +12,7 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   └── ApprovalInputRefused          a decision that does not fit the approval form
     ├── PermanentError                    retrying the same thing gives the same answer
     │   ├── CheckoutError                 ref missing, authentication refused
+    │   │   └── CommitNotOnBranch         the commit is not reachable from the branch's head
     │   ├── StageFailed                   a command exited non-zero
     │   │   └── StageTimeout              a command ran past its timeout
     │   ├── ReportError                   a report (JUnit, coverage) is unreadable or unsafe
@@ -95,6 +96,19 @@ class PermanentError(SlipwayError):
 
 class CheckoutError(PermanentError):
     """The repository or the ref could not be checked out."""
+
+
+class CommitNotOnBranch(CheckoutError):
+    """A run claimed a branch its commit is not on; nothing ran as that branch."""
+
+    def __init__(self, commit: str, branch: str, ref: str | None = None) -> None:
+        self.commit = commit
+        self.branch = branch
+        asked = f" ({ref!r})" if ref and ref != commit else ""
+        super().__init__(
+            f"commit {commit}{asked} is not on branch {branch!r}: it is not reachable from "
+            f"the branch's head, so it cannot run as {branch!r}"
+        )
 
 
 class StageFailed(PermanentError):

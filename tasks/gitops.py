@@ -92,7 +92,13 @@ from slipway.exceptions import (
 from slipway.redact import Redactor
 from slipway.safe_yaml import MANIFEST_LIMITS, YamlProblem, check_events
 from slipway.spec_types import NAME_PATTERN
-from slipway.tasks.checkout import SHA_RE, _Git, validate_ref
+from slipway.tasks.checkout import (
+    SHA_RE,
+    _Git,
+    open_clone,
+    remote_default_branch,
+    validate_ref,
+)
 from slipway.tasks.images import REVISION_RE, split_digest_ref
 from slipway.workspace import inside
 
@@ -368,31 +374,30 @@ class _ManifestGit(_Git):
             return ManifestRepoError(f"manifests repository: {error}")
         return error
 
-    def status(self, *args: str) -> tuple[int, str, str]:
-        """Run git where a non-zero exit is an answer, not an error (push, revert)."""
-        status, out, err = self.repo.git.execute(
-            ["git", *args], env=self.env, with_extended_output=True, with_exceptions=False
-        )
-        return int(status or 0), str(out), str(err)
-
     def failure(self, args: Sequence[str], status: int, out: str, err: str) -> Exception:
         return self.translate(git.GitCommandError(["git", *args], status, err, out))
 
 
-def _open_clone(repo: ManifestsRepository, workdir: Path, redactor: Redactor) -> _ManifestGit:
-    """A clone in ``workdir``: made there if empty, reused if it is one (a task retry)."""
+def _open_clone(
+    repo: ManifestsRepository, workdir: Path, redactor: Redactor, log: Log | None = None
+) -> _ManifestGit:
+    """A clone in ``workdir``: made there if empty, reused if it is a healthy clone of this
+    repository (a task retry, the next sync), replaced if an earlier failure broke it."""
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / ".git").is_dir():
-        g = _ManifestGit(git.Repo(workdir), repo, redactor)
-        _status, url, _err = g.status("config", "--get", "remote.origin.url")
-        if url.strip() != repo.url:
-            raise ConfigError(f"workdir {workdir} is a clone of another repository")
-        return g
-    if any(workdir.iterdir()):
+    if any(workdir.iterdir()) and not (workdir / ".git").exists():
         raise ConfigError(f"workdir {workdir} is neither empty nor a clone of the manifests repo")
-    g = _ManifestGit(git.Repo.init(workdir), repo, redactor)
-    g("remote", "add", "origin", repo.url)
-    return g
+    return open_clone(workdir, repo, redactor, driver=_ManifestGit, reuse=True, log=log)
+
+
+def _check_branch(repo: ManifestsRepository) -> None:
+    """Refuse a branch git would refuse before any git call (None: the remote's default)."""
+    if repo.branch is not None:
+        validate_ref(repo.branch)
+
+
+def _branch(g: _ManifestGit, repo: ManifestsRepository) -> str:
+    """The block's branch, else the remote's default branch (what its HEAD names)."""
+    return repo.branch if repo.branch is not None else remote_default_branch(g)
 
 
 def _sync(g: _ManifestGit, branch: str) -> str:
@@ -871,16 +876,17 @@ def bump_image(
     bump = _validate_bump(
         app, environment, image, source_commit, run_id, build_number, approver, source_commit_time
     )
-    validate_ref(repo.branch)
+    _check_branch(repo)
     redactor = redactor or Redactor()
     redactor.add(*repo.secret_values())
     log = _redacting(log, redactor)
-    g = _open_clone(repo, workdir, redactor)
+    g = _open_clone(repo, workdir, redactor, log)
+    branch = _branch(g, repo)
     root = workdir.resolve()
-    log(f"bumping {app} in {environment} to {image} (build {build_number}) on {repo.branch}")
+    log(f"bumping {app} in {environment} to {image} (build {build_number}) on {branch}")
     for attempt in range(1, max_attempts + 1):
-        head = _sync(g, repo.branch)
-        plan = _plan(root, target, bump, repo.branch, log)
+        head = _sync(g, branch)
+        plan = _plan(root, target, bump, branch, log)
         if not plan.edits:
             note = f"{image} is already in place for {app} in {environment}"
             log(f"{note}; nothing to commit")
@@ -907,10 +913,10 @@ def bump_image(
             edit.path.write_bytes(edit.new_text.encode("utf-8"))
         files = tuple(edit.rel for edit in plan.edits)
         sha = _commit(g, files, _bump_message(bump, plan.previous_image))
-        rejected = _push(g, repo.branch)
+        rejected = _push(g, branch)
         if rejected is None:
             note = f"{app} in {environment}: {plan.previous_image} -> {image}"
-            log(f"pushed {sha[:12]} to {repo.branch}: {note} ({', '.join(files)})")
+            log(f"pushed {sha[:12]} to {branch}: {note} ({', '.join(files)})")
             return BumpResult(sha, True, files, plan.previous_image, attempt, note=note)
         if attempt < max_attempts:
             wait = _backoff(attempt, retry_delay)
@@ -965,14 +971,15 @@ def revert_bump(
     if not isinstance(reason, str) or not reason.strip():
         raise ConfigError("a revert needs a reason; it is empty")
     reason = "\n".join(_CONTROL.sub(" ", line) for line in reason.strip().splitlines())[:2000]
-    validate_ref(repo.branch)
+    _check_branch(repo)
     redactor = redactor or Redactor()
     redactor.add(*repo.secret_values())
     log = _redacting(log, redactor)
-    g = _open_clone(repo, workdir, redactor)
+    g = _open_clone(repo, workdir, redactor, log)
+    branch = _branch(g, repo)
     for attempt in range(1, max_attempts + 1):
-        head = _sync(g, repo.branch)
-        _check_revertable(g, commit_sha, repo.branch)
+        head = _sync(g, branch)
+        _check_revertable(g, commit_sha, branch)
         reverted = parse_trailers(g("show", "-s", "--format=%B", commit_sha))
         image = reverted.get(TRAILER_IMAGE)
         done = _already_reverted(g, commit_sha)
@@ -996,14 +1003,14 @@ def revert_bump(
         files = tuple(f for f in g("diff", "--cached", "--name-only", "-z").split("\0") if f)
         if not files:
             g.status("revert", "--abort")
-            note = f"commit {commit_sha[:12]} changes nothing on {repo.branch} any more"
+            note = f"commit {commit_sha[:12]} changes nothing on {branch} any more"
             log(note)
             return BumpResult(head, False, (), image, attempt, note=note)
         sha = _commit(g, (), _revert_message(commit_sha, reverted, reason))
-        rejected = _push(g, repo.branch)
+        rejected = _push(g, branch)
         if rejected is None:
             note = f"reverted {commit_sha[:12]} ({', '.join(files)})"
-            log(f"pushed {sha[:12]} to {repo.branch}: {note}")
+            log(f"pushed {sha[:12]} to {branch}: {note}")
             return BumpResult(sha, True, files, image, attempt, note=note)
         if attempt < max_attempts:
             wait = _backoff(attempt, retry_delay)
@@ -1021,10 +1028,11 @@ def sync_manifests(
     repo: ManifestsRepository, *, workdir: Path, redactor: Redactor | None = None
 ) -> str:
     """Make ``workdir`` a clone at the branch head (what a deploy renders); return its SHA."""
-    validate_ref(repo.branch)
+    _check_branch(repo)
     redactor = redactor or Redactor()
     redactor.add(*repo.secret_values())
-    return _sync(_open_clone(repo, workdir, redactor), repo.branch)
+    g = _open_clone(repo, workdir, redactor)
+    return _sync(g, _branch(g, repo))
 
 
 def latest_live_bump(
@@ -1038,11 +1046,12 @@ def latest_live_bump(
     """The newest bump of ``app`` in ``environment`` that no revert has undone, with its
     trailers; what a rollback reverts. None when there is none."""
     target = _environment(repo, environment)
-    validate_ref(repo.branch)
+    _check_branch(repo)
     redactor = redactor or Redactor()
     redactor.add(*repo.secret_values())
     g = _open_clone(repo, workdir, redactor)
-    _sync(g, repo.branch)
+    branch = _branch(g, repo)
+    _sync(g, branch)
     reverted: set[str] = set()
     for sha, message in _history(g, "HEAD", [target.path]):
         trailers = parse_trailers(message)

