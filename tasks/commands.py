@@ -145,7 +145,10 @@ def run_commands(
             finally:
                 # also reached when Prefect times the task out from outside
                 _stop(proc, scope, grace)
-            reader.join(5)
+            reader.join(0.5)
+            if reader.is_alive():  # the wrapper was killed: what escaped it holds the pipe
+                scope.terminate(grace, sink)
+                reader.join(5)
             if proc.returncode != 0:
                 last = next((line for line in reversed(tail) if line.strip()), "")
                 hint = " (command not found)" if proc.returncode == 127 else ""

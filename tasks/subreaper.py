@@ -141,7 +141,16 @@ def main(argv: list[str]) -> int:
         _say(f"killed {len(hit)} leftover process(es) after the command ended: {listed}")
     elif hit:
         _say(f"stopped the command ({why[0] if why else 'told to'}): {len(hit)} process(es)")
+    if cgroup is not None and "slipway exited" in why:
+        _leave(cgroup)  # nobody else is left to remove it
     return code if code is not None else 128 + signal.SIGTERM
+
+
+def _leave(cgroup: Path) -> None:
+    """Move out of the (now empty) stage cgroup and remove it."""
+    with contextlib.suppress(OSError):
+        (cgroup.parent / "cgroup.procs").write_text(str(os.getpid()))
+        cgroup.rmdir()
 
 
 if __name__ == "__main__":
