@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from slipway.tasks.process_tree import kill_all_scopes, request_cancel
+from slipway.tasks.process_tree import kill_all_scopes, request_cancel, reset_cancel
 
 T = TypeVar("T")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -61,6 +61,7 @@ def _on_signal(signum: int, _frame: object) -> None:
 def run_until_signal(run: Callable[[], T]) -> T:
     """Run ``run()`` (a flow) in a worker thread; the main thread handles the signals."""
     _received.clear()
+    reset_cancel()
     outcome: list[Any] = []
     failure: list[BaseException] = []
     context = contextvars.copy_context()  # the caller's temporary Prefect settings
