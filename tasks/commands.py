@@ -115,7 +115,15 @@ def run_commands(
             log(f"$ {redactor.redact(command)}")
             shown = _short(redactor.redact(command))
             proc = subprocess.Popen(
-                [sys.executable, "-I", _SUBREAPER, f"{grace:g}", str(scope.cgroup or "-"), "--"]
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    _SUBREAPER,
+                    f"{grace:g}",
+                    str(scope.cgroup or "-"),
+                    "--",
+                ]
                 + ["bash", "-eo", "pipefail", "-c", command],
                 cwd=cwd,
                 env={**env, **scope.env()},

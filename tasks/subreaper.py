@@ -1,7 +1,7 @@
 """Run one stage command as a child subreaper, and stop everything it leaves behind.
 
-Started by :mod:`slipway.tasks.commands` as a script (``python -I subreaper.py GRACE
-CGROUP -- ARGV...``), so it imports nothing of slipway and starts fast. Why a
+Started by :mod:`slipway.tasks.commands` as a script (``python -I -S subreaper.py GRACE
+CGROUP -- ARGV...``), so it imports nothing but the standard library and starts fast. Why a
 separate process: ``PR_SET_CHILD_SUBREAPER`` applies to the calling process, and
 slipway's own process runs many stages (and Prefect's subprocesses) at once; one
 wrapper per command is the nearest ancestor of exactly that command's processes, so
@@ -28,8 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 PR_SET_CHILD_SUBREAPER = 36
 _POLL_SECONDS = 0.02
 
@@ -55,22 +53,50 @@ def _reap(main_pid: int) -> int | None:
             code = 128 - code if code < 0 else code
 
 
-def _live_tree(cgroup: Path | None) -> list[psutil.Process]:
-    """Our live descendants, plus anything else in the stage's cgroup."""
-    me = psutil.Process()
-    procs = {p.pid: p for p in me.children(recursive=True)}
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a process, from /proc; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
+    return int(fields[1]), fields[0]
+
+
+def _live_tree(cgroup: Path | None) -> list[int]:
+    """Our live descendants, plus anything else in the stage's cgroup.
+
+    Read from /proc directly rather than through psutil: this runs for every command,
+    and the import alone would cost more than the scan.
+    """
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (found := _stat(int(entry))) is not None and found[1] != "Z":
+            parents[int(entry)] = found[0]
+    tree: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if pid not in tree and (parent == me or parent in tree):
+                tree.add(pid)
+                grew = True
     if cgroup is not None:
         with contextlib.suppress(OSError):
-            for pid in (cgroup / "cgroup.procs").read_text().split():
-                if int(pid) != me.pid and int(pid) not in procs:
-                    with contextlib.suppress(psutil.Error):
-                        procs[int(pid)] = psutil.Process(int(pid))
-    live = []
-    for proc in procs.values():
-        with contextlib.suppress(psutil.Error):
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                live.append(proc)
-    return live
+            tree.update(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
+    tree.discard(me)
+    return sorted(pid for pid in tree if pid in parents)
+
+
+def _describe(pid: int) -> str:
+    try:
+        args = (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        args = "?"
+    return f"{pid} {args.strip()[:120]}"
 
 
 def _stop_tree(main_pid: int, grace: float, cgroup: Path | None) -> dict[int, str]:
@@ -85,11 +111,11 @@ def _stop_tree(main_pid: int, grace: float, cgroup: Path | None) -> dict[int, st
             return hit
         if time.monotonic() >= deadline:
             sig = signal.SIGKILL
-        for proc in live:
-            if proc.pid not in hit or sig == signal.SIGKILL:
-                with contextlib.suppress(psutil.Error):
-                    hit.setdefault(proc.pid, f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-                    proc.send_signal(sig)
+        for pid in live:
+            if pid not in hit or sig == signal.SIGKILL:
+                hit.setdefault(pid, _describe(pid))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         time.sleep(_POLL_SECONDS)
 
 
