@@ -98,8 +98,8 @@ def cancellable(run: Callable[..., T]) -> Callable[..., T]:
 
 def exit_code(state: Any) -> int:
     """130 / 143 for a run cancelled by SIGINT / SIGTERM (saying where its workspace
-    is), else 0 for a completed run and 1 for any other end."""
-    if _received:
+    is), else 0 for a completed run and 1 for any other end (failed, crashed)."""
+    if _received and not state.is_completed():  # else the signal came after the end
         name = signal.Signals(_received[0]).name
         _say(f"run cancelled by {name}: {getattr(state, 'message', '') or state}")
         return 128 + _received[0]

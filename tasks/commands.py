@@ -158,7 +158,9 @@ def run_commands(
                 scope.terminate(grace, sink)
                 reader.join(5)
             if proc.returncode != 0:
-                last = next((line for line in reversed(tail) if line.strip()), "")
+                last = next(
+                    (x for x in reversed(tail) if x.strip() and not x.startswith("slipway: ")), ""
+                )
                 hint = " (command not found)" if proc.returncode == 127 else ""
                 detail = f"exit code {proc.returncode}{hint} from {shown}"
                 raise StageFailed(stage, detail + (f": {redactor.redact(last)}" if last else ""))

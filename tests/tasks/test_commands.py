@@ -358,3 +358,13 @@ def test_the_grace_period_is_configurable_and_checked(monkeypatch):
     monkeypatch.setenv(process_tree.GRACE_ENV, "soon")
     with pytest.raises(ConfigError, match="SLIPWAY_KILL_GRACE_SECONDS .* got 'soon'"):
         kill_grace_seconds()
+
+
+def test_a_failing_command_is_named_by_its_own_last_line_not_the_cleanup_note(tmp_path):
+    lines: list[str] = []
+
+    with pytest.raises(StageFailed) as caught:
+        run(["sleep 300 & echo 'error: broken'; exit 2"], tmp_path, lines=lines)
+
+    assert str(caught.value).endswith(": error: broken")
+    assert lines[-1].startswith("slipway: killed 1 leftover process(es)")
