@@ -266,10 +266,12 @@ def kill_all_scopes(grace: float, log: Callable[[str], None] | None = None) -> l
     """Stop the processes of every live stage at once (the last resort on a forced exit)."""
     scopes = live_scopes()
     hit: list[str] = []
-    threads = [
-        threading.Thread(target=lambda s=s: hit.extend(s.terminate(grace, log)), daemon=True)
-        for s in scopes
-    ]
+
+    def end(scope: StageScope) -> None:
+        hit.extend(scope.terminate(grace, log))
+        scope.close()  # the caller may exit right after: nobody else would remove it
+
+    threads = [threading.Thread(target=end, args=(s,), daemon=True) for s in scopes]
     for thread in threads:
         thread.start()
     for thread in threads:

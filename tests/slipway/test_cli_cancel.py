@@ -15,7 +15,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 
-from slipway.tasks.process_tree import pids_with_cookie
+from slipway.tasks.process_tree import _cgroup2_base, pids_with_cookie
 from tests.conftest import ROOT
 from tests.flows.prefect_api import task_runs
 
@@ -85,6 +85,9 @@ def assert_no_stage_process_left(marks: Path) -> None:
     for name in PARALLEL:
         cookie = (marks / f"{name}.cookie").read_text().strip()
         assert pids_with_cookie(cookie) == set(), f"processes of stage {name} survived"
+        base = _cgroup2_base()
+        if base is not None:
+            assert not (base / f"slipway-{cookie}").exists(), f"stage {name}'s cgroup was left"
 
 
 @pytest.fixture
