@@ -26,7 +26,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.urls import url_for
 from prefect_docker import DockerHost
@@ -51,6 +51,7 @@ from slipway.tasks.flaky_history import record_flaky_tests
 from slipway.tasks.junit_reports import summary_markdown as tests_markdown
 from slipway.tasks.junit_reports import summary_rows
 from slipway.tasks.notify import PipelineOutcome, notify_slack
+from slipway.tasks.process_tree import cancel_requested
 from slipway.tasks.quality_gate import gate_rows
 from slipway.tasks.security_scan import findings_rows, scan_markdown
 from slipway.tasks.stages import (
@@ -183,7 +184,8 @@ async def _run_stages(
                     outcome.reason, outcome.status
                 )
             )
-        slots = pipeline.max_parallel - walker.running
+        # a cancelled run (Ctrl-C) starts nothing more; running stages stop themselves
+        slots = 0 if cancel_requested() else pipeline.max_parallel - walker.running
         for stage in walker.take(max(slots, 0)):
             extra = await _cache_inputs(stage) if stage.cacheable else None
             key = cache_key(
@@ -207,7 +209,7 @@ async def _run_stages(
             future = stage_run.submit(stage, context, key, upstream)
             running[future.wrapped_future] = (stage, future, time.monotonic())
         if not running:
-            if walker.done:
+            if walker.done or cancel_requested():
                 break
             continue
         finished, _ = await asyncio.to_thread(
@@ -541,7 +543,12 @@ async def pipeline(
             run_url=run_url,
             seconds=round(time.monotonic() - started, 3),
         )
-        if report.status == "success" and spec.deploy is not None and environments != []:
+        if (
+            report.status == "success"
+            and spec.deploy is not None
+            and environments != []
+            and not cancel_requested()
+        ):
             step = "deploy"
             suspend = approval_wait == "suspend" or (
                 approval_wait == "auto" and flow_run is not None and flow_run.deployment_id
@@ -569,6 +576,9 @@ async def pipeline(
             seconds=round(time.monotonic() - started, 3),
         )
     await _publish_artifacts(report, run_id)
+    if cancel_requested():  # Ctrl-C / SIGTERM on `slipway run` (slipway/interrupt.py)
+        logger.warning("pipeline cancelled; workspace kept at %s", workspace)
+        return Cancelled(message=f"cancelled; workspace kept at {workspace}", data=report)  # type: ignore[return-value]
     await _notify(slack, report, redactor)
     if report.status == "failure":
         logger.error("pipeline failed at stage %s: %s", report.failed_stage, report.reason)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slipway.exceptions import SlipwayError, SpecError
+from slipway.interrupt import cancellable, exit_code
 from slipway.spec_loader import DEFAULT_SPEC_FILE, load_pipeline
 
 
@@ -62,6 +63,7 @@ def _run_pipeline(
         from slipway.flows.pipeline import run_pipeline
         from slipway.report import DEPLOY_ICONS, stage_line
 
+        run_pipeline = cancellable(run_pipeline)  # Ctrl-C / SIGTERM cancel the run cleanly
         state = run_pipeline(
             repository=repository,
             branch=args.branch,
@@ -92,7 +94,7 @@ def _run_pipeline(
             print(f"watch it in the Prefect UI: {report.run_url}")
     else:
         print(f"pipeline ended in state {state.name}: {state.message}")
-    return 0 if state.is_completed() else 1
+    return exit_code(state)
 
 
 def _run(args: argparse.Namespace) -> int:

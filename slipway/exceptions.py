@@ -10,6 +10,7 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   ├── BranchNotAllowed              this branch may not reach that environment
     │   ├── SuspendNotSupported           suspend needs a run started from a deployment
     │   └── ApprovalInputRefused          a decision that does not fit the approval form
+    ├── StageCancelled                    the run was cancelled (Ctrl-C, SIGTERM); not a failure
     ├── PermanentError                    retrying the same thing gives the same answer
     │   ├── CheckoutError                 ref missing, authentication refused
     │   │   └── CommitNotOnBranch         the commit is not reachable from the branch's head
@@ -88,6 +89,14 @@ class SpecError(ConfigError):
 
 class UnsafeInputError(ConfigError):
     """A user-controlled value (ref, path, name) was refused before use."""
+
+
+class StageCancelled(SlipwayError):
+    """A stage was stopped because its run is being cancelled; its processes are gone."""
+
+    def __init__(self, stage: str, message: str = "cancelled") -> None:
+        self.stage = stage
+        super().__init__(f"stage {stage!r} cancelled: {message}")
 
 
 class PermanentError(SlipwayError):

@@ -43,12 +43,19 @@ import requests
 import urllib3
 from pydantic import AfterValidator, Field
 
-from slipway.exceptions import RemoteUnavailable, StageFailed, StageTimeout, UnsafeInputError
+from slipway.exceptions import (
+    RemoteUnavailable,
+    StageCancelled,
+    StageFailed,
+    StageTimeout,
+    UnsafeInputError,
+)
 from slipway.redact import Redactor
 from slipway.spec_types import StrictModel
 from slipway.tasks.commands import TAIL_LINES, CommandResult
 from slipway.tasks.commands import _short as short_command  # one message shape for both
 from slipway.tasks.images import validate_image_reference
+from slipway.tasks.process_tree import cancel_requested
 
 LABEL_MANAGED = "io.slipway.managed"
 LABEL_STAGE = "io.slipway.stage"
@@ -302,7 +309,13 @@ def run_in_container(
             reader.start()
             # Short joins: Prefect's timeout or cancellation arrives as an exception in
             # this thread, and only between bytecodes, never inside one long join.
-            while reader.is_alive() and (deadline is None or time.monotonic() < deadline):
+            # A cancelled run (Ctrl-C) stops it too; removing the container ends every
+            # process the commands started in it, however they detached.
+            while (
+                reader.is_alive()
+                and (deadline is None or time.monotonic() < deadline)
+                and not cancel_requested()
+            ):
                 reader.join(_JOIN_SLICE_SECONDS)
             if reader.is_alive():
                 try:
@@ -311,6 +324,8 @@ def run_in_container(
                     pass  # already gone; removal below makes sure
                 reader.join(KILL_GRACE_SECONDS)
                 shown = short_command(redactor.redact(command))
+                if cancel_requested():
+                    raise StageCancelled(stage, f"the run was cancelled while running {shown}")
                 raise StageTimeout(stage, f"timed out after {timeout:g} s running {shown}")
             if output.error is not None:
                 raise output.error

@@ -23,10 +23,12 @@ from typing import Any
 import docker
 from prefect import Task, task
 from prefect.logging import get_run_logger
+from prefect.states import Cancelled
+from prefect.transactions import get_transaction
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from wcmatch import glob
 
-from slipway.exceptions import ReportError, StageFailed
+from slipway.exceptions import ReportError, StageCancelled, StageFailed
 from slipway.redact import Redactor
 from slipway.spec import Stage
 from slipway.tasks.artifacts import ArchivedFile, archive_artifacts
@@ -457,7 +459,17 @@ def _run_stage(
     stage: Stage, ctx: StageContext, key: str | None, upstream: Sequence[StageResult] = ()
 ) -> StageResult:
     logger = get_run_logger()
-    result = execute_stage(stage, ctx, log=logger.info, upstream=upstream)
+    try:
+        result = execute_stage(stage, ctx, log=logger.info, upstream=upstream)
+    except StageCancelled as cancelled:
+        # the run is being cancelled (its processes are already gone): the task run
+        # ends Cancelled, not Failed, and is never retried. Prefect would store a
+        # returned non-failed state under the cache key and serve it as a Cached
+        # result to the next run: not written.
+        transaction = get_transaction()
+        if transaction is not None:
+            transaction.write_on_commit = False
+        return Cancelled(message=str(cancelled))  # type: ignore[return-value]
     return StageResult(**{**result.__dict__, "cache_key": key})
 
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from slipway.exceptions import StageFailed, StageTimeout
+from slipway.exceptions import ConfigError, StageCancelled, StageFailed, StageTimeout
 from slipway.redact import Redactor
+from slipway.tasks import process_tree
 from slipway.tasks.commands import run_commands
+from slipway.tasks.process_tree import kill_grace_seconds, pids_with_cookie
 
 SECRET = "tok-9f8e7d6c5b4a"
 
 
-def run(commands, tmp_path: Path, *, env=None, timeout=None, cwd=None, lines=None):
+def run(commands, tmp_path: Path, *, env=None, timeout=None, cwd=None, lines=None, grace=0.5):
     return run_commands(
         commands,
         stage="build",
@@ -24,6 +29,7 @@ def run(commands, tmp_path: Path, *, env=None, timeout=None, cwd=None, lines=Non
         timeout=timeout,
         redactor=Redactor([SECRET]),
         log=(lines if lines is not None else []).append,
+        kill_grace=grace,
     )
 
 
@@ -174,3 +180,191 @@ def test_timeout_counts_across_commands(tmp_path):
 def test_missing_working_directory_fails(tmp_path):
     with pytest.raises(StageFailed, match="does not exist"):
         run(["echo hi"], tmp_path, cwd=tmp_path / "missing")
+
+
+# --- every process a stage starts ends with it, whatever it did to escape -------------
+
+SHOW_COOKIE = 'echo "$SLIPWAY_STAGE_COOKIE" > cookie'
+# a classic daemon: fork, setsid, fork again, stdio closed; only its pid file is left
+DAEMON = (
+    "python3 -c 'import os, time\n"
+    "if os.fork(): os._exit(0)\n"
+    "os.setsid()\n"
+    "if os.fork(): os._exit(0)\n"
+    "fd = os.open(os.devnull, os.O_RDWR)\n"
+    "[os.dup2(fd, n) for n in (0, 1, 2)]\n"
+    'open("daemon", "w").write(str(os.getpid()))\n'
+    "time.sleep(300)'; until [ -s daemon ]; do sleep 0.02; done"
+)
+
+
+@pytest.fixture(params=["cgroup", "subreaper+cookie"])
+def containment(request, monkeypatch) -> str:
+    """Both nets: a cgroup v2 per stage where this machine allows one, and without it.
+
+    SLIPWAY_STAGE_CGROUPS=off is the setting a machine without a writable cgroup2
+    hierarchy behaves as; it stands in for no component.
+    """
+    if request.param == "cgroup":
+        probe = process_tree._make_cgroup(f"probe-{os.getpid()}")
+        if probe is None:
+            pytest.skip("this machine gives no writable cgroup v2 hierarchy with cgroup.kill")
+        probe.rmdir()
+        monkeypatch.setenv(process_tree.CGROUP_ENV, "auto")
+    else:
+        monkeypatch.setenv(process_tree.CGROUP_ENV, "off")
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def no_cancellation():
+    process_tree.reset_cancel()
+    yield
+    process_tree.reset_cancel()
+
+
+def wait_gone(pid: int, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return gone(pid)
+
+
+def assert_nothing_survives(tmp_path: Path, *pid_files: str) -> None:
+    cookie = (tmp_path / "cookie").read_text().strip()
+    assert len(cookie) >= 16
+    assert pids_with_cookie(cookie) == set(), "processes of the stage survived it"
+    base = process_tree._cgroup2_base()
+    if base is not None:
+        assert not (base / f"slipway-{cookie}").exists(), "the stage's cgroup was left behind"
+    for name in pid_files:
+        pid = int((tmp_path / name).read_text())
+        assert gone(pid), f"{name} ({pid}) survived the stage"
+
+
+def test_a_background_sleep_in_a_passing_stage_is_killed_and_logged(tmp_path, containment):
+    lines: list[str] = []
+
+    # were the leftover waited for, this would take 3015 s (pytest-timeout fails it)
+    result = run([SHOW_COOKIE, "sleep 3015 & echo $! > leftover; echo done"], tmp_path, lines=lines)
+
+    assert result.exit_code == 0
+    assert_nothing_survives(tmp_path, "leftover")
+    pid = (tmp_path / "leftover").read_text().strip()
+    killed = [line for line in lines if line.startswith("slipway: killed 1 leftover")]
+    assert len(killed) == 1 and f"{pid} sleep 3015" in killed[0], lines
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, containment):
+    command = "bash -c 'trap \"\" TERM; echo $$ > ignorer; sleep 300' & sleep 300"
+
+    with pytest.raises(StageTimeout):
+        run([SHOW_COOKIE, command], tmp_path, timeout=1.0, grace=0.3)
+
+    assert_nothing_survives(tmp_path, "ignorer")
+
+
+def test_setsid_nohup_and_double_fork_escapes_are_killed(tmp_path, containment):
+    commands = [
+        SHOW_COOKIE,
+        "setsid sleep 301 & echo $! > setsid",
+        "nohup sleep 302 > /dev/null 2>&1 & echo $! > nohup",
+        DAEMON,
+    ]
+    lines: list[str] = []
+
+    run(commands, tmp_path, lines=lines)
+
+    assert_nothing_survives(tmp_path, "setsid", "nohup", "daemon")
+    assert sum("leftover process(es)" in line for line in lines) == 3, lines
+
+
+def test_escapes_are_killed_at_a_timeout(tmp_path, containment):
+    command = f"setsid sleep 301 & echo $! > setsid; {DAEMON}; sleep 300"
+
+    with pytest.raises(StageTimeout):
+        run([SHOW_COOKIE, command], tmp_path, timeout=1.0)
+
+    assert_nothing_survives(tmp_path, "setsid", "daemon")
+
+
+def test_processes_orphaned_to_pid_1_are_found_by_their_cookie(tmp_path, containment):
+    # the command SIGKILLs its own wrapper: its children go to PID 1, beyond any
+    # subreaper; the stage's cookie (and cgroup) still find them
+    command = "sleep 303 & echo $! > orphan; kill -9 $PPID; sleep 300"
+    lines: list[str] = []
+
+    with pytest.raises(StageFailed, match="exit code -9"):
+        run([SHOW_COOKIE, command], tmp_path, lines=lines)
+
+    assert_nothing_survives(tmp_path, "orphan")
+    assert any("slipway: stopped" in line and "sleep 303" in line for line in lines), lines
+
+
+def test_a_cancelled_run_stops_the_running_command(tmp_path, containment):
+    threading.Timer(1.0, process_tree.request_cancel).start()
+
+    with pytest.raises(StageCancelled, match="cancelled while running"):
+        run([SHOW_COOKIE, "setsid sleep 301 & echo $! > setsid; sleep 300", "echo never"], tmp_path)
+
+    assert_nothing_survives(tmp_path, "setsid")
+
+
+def test_a_cancelled_run_starts_no_more_commands(tmp_path):
+    process_tree.request_cancel()
+    lines: list[str] = []
+
+    with pytest.raises(StageCancelled):
+        run(["echo never"], tmp_path, lines=lines)
+
+    assert lines == []
+
+
+def test_the_tree_ends_when_slipway_itself_is_killed(tmp_path, containment):
+    """SIGKILL leaves no handler to run: the wrapper sees its stdin close and stops the tree."""
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from slipway.redact import Redactor\n"
+        "from slipway.tasks.commands import run_commands\n"
+        "run_commands([sys.argv[1]], stage='build', cwd=Path('.'),"
+        " env={'PATH': os.environ['PATH']}, timeout=None, redactor=Redactor(),"
+        " log=print, kill_grace=0.5)\n"
+    )
+    command = f"{SHOW_COOKIE}; setsid sleep 301 & echo $! > setsid; {DAEMON}; sleep 300"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script, command], cwd=tmp_path, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "daemon").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "daemon").exists(), "the command did not start"
+
+    worker.kill()
+    worker.wait()
+
+    cookie = (tmp_path / "cookie").read_text().strip()
+    deadline = time.monotonic() + 10
+    while pids_with_cookie(cookie) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert_nothing_survives(tmp_path, "setsid", "daemon")
+
+
+def test_the_grace_period_is_configurable_and_checked(monkeypatch):
+    monkeypatch.delenv(process_tree.GRACE_ENV, raising=False)
+    assert kill_grace_seconds() == 10.0
+    monkeypatch.setenv(process_tree.GRACE_ENV, "2.5")
+    assert kill_grace_seconds() == 2.5
+    monkeypatch.setenv(process_tree.GRACE_ENV, "soon")
+    with pytest.raises(ConfigError, match="SLIPWAY_KILL_GRACE_SECONDS .* got 'soon'"):
+        kill_grace_seconds()
+
+
+def test_a_failing_command_is_named_by_its_own_last_line_not_the_cleanup_note(tmp_path):
+    lines: list[str] = []
+
+    with pytest.raises(StageFailed) as caught:
+        run(["sleep 300 & echo 'error: broken'; exit 2"], tmp_path, lines=lines)
+
+    assert str(caught.value).endswith(": error: broken")
+    assert lines[-1].startswith("slipway: killed 1 leftover process(es)")

@@ -7,6 +7,7 @@ Each test uses its own stage name, set as the ``io.slipway.stage`` label, so
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,8 +16,9 @@ import docker
 import pytest
 from pydantic import ValidationError
 
-from slipway.exceptions import StageFailed, StageTimeout, UnsafeInputError
+from slipway.exceptions import StageCancelled, StageFailed, StageTimeout, UnsafeInputError
 from slipway.redact import Redactor
+from slipway.tasks import process_tree
 from slipway.tasks.commands import run_commands
 from slipway.tasks.containers import LABEL_STAGE, ContainerSpec, run_in_container
 from slipway.tasks.junit_reports import collect_suite
@@ -187,6 +189,19 @@ def test_timeout_kills_and_removes_the_container(docker_client, tmp_path, stage)
     )
     assert "started" in lines and "finished" not in lines
     assert elapsed < 8 + 10
+    assert leftovers(docker_client, stage) == []
+
+
+def test_a_cancelled_run_kills_and_removes_the_container(docker_client, tmp_path, stage):
+    lines: list[str] = []
+    process_tree.reset_cancel()
+    threading.Timer(3.0, process_tree.request_cancel).start()
+    try:
+        with pytest.raises(StageCancelled, match="cancelled while running 'setsid sleep 120"):
+            run(docker_client, ["setsid sleep 120 & sleep 120"], tmp_path, stage, lines=lines)
+    finally:
+        process_tree.reset_cancel()
+
     assert leftovers(docker_client, stage) == []
 
 

@@ -362,7 +362,15 @@ def test_server_going_away_while_waiting_is_remote_unavailable(
 ) -> None:
     sonar.ce_outcome = "never"
     log = Log()
-    stopper = threading.Timer(0.6, sonar.stop)
+
+    def stop_once_waiting() -> None:
+        # stops the server while the gate polls, however long the scanner took to start
+        deadline = time.monotonic() + 60
+        while not any("IN_PROGRESS" in line for line in log) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sonar.stop()
+
+    stopper = threading.Thread(target=stop_once_waiting, daemon=True)
     stopper.start()
     try:
         with pytest.raises(RemoteUnavailable, match="could not be reached"):
