@@ -113,13 +113,13 @@ def _artifact_key(app: str, what: str) -> str:
 def _decider(pipeline: Pipeline, overrides: PipelineOverrides, ctx: ConditionContext):  # noqa: ANN202
     def decide(stage: Stage) -> Decision:
         if stage.name in overrides.skip:
-            return Decision(False, "skipped by the 'skip_stages' parameter")
+            return Decision(False, "skipped by the 'skip_stages' parameter", propagates=False)
         if overrides.only is not None and stage.name not in overrides.only:
             group = next((s for s in pipeline.stages if stage in (s.parallel or [])), None)
             if group is None or group.name not in overrides.only:
                 inner = [c.name for c in stage.parallel or [] if c.name in overrides.only]
                 if not inner:
-                    return Decision(False, "not among the 'stages' parameter")
+                    return Decision(False, "not among the 'stages' parameter", propagates=False)
         if stage.when is not None:
             verdict = evaluate(stage.when, ctx)
             if not verdict.holds:
