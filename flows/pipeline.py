@@ -270,6 +270,7 @@ async def _run_stages(
                         extra.report if extra else None,
                         extra.gate if extra else None,
                         extra.scan if extra else None,
+                        output_tail=extra.output_tail if extra else "",
                     )
                 )
 

@@ -105,15 +105,19 @@ class StageFailedWithReport(StageFailed):
         report: SuiteReport | None = None,
         gate: QualityGateResult | None = None,
         scan: ScanResult | None = None,
+        output_tail: str = "",
     ) -> None:
-        super().__init__(stage, detail)
+        super().__init__(stage, detail, output_tail=output_tail)
         self.detail = detail
         self.report = report
         self.gate = gate
         self.scan = scan
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.stage, self.detail, self.report, self.gate, self.scan))
+        return (
+            type(self),
+            (self.stage, self.detail, self.report, self.gate, self.scan, self.output_tail),
+        )
 
 
 def find_reports(stage: Stage, workspace: Path) -> list[Path]:
@@ -245,7 +249,9 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
             names = ", ".join(c.id for c in report.problems[:10])
             more = f" and {len(report.problems) - 10} more" if len(report.problems) > 10 else ""
             detail = f"{len(report.problems)} test(s) failed: {names}{more}"
-        raise StageFailedWithReport(stage.name, detail, report) from None
+        raise StageFailedWithReport(
+            stage.name, detail, report, output_tail=failure.output_tail
+        ) from None
     report = _read_reports(stage, ctx.workspace, before)
     if report and report.problems:
         names = ", ".join(c.id for c in report.problems[:10])
