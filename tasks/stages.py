@@ -44,6 +44,13 @@ from slipway.tasks.junit_reports import SuiteReport, collect_suite
 from slipway.tasks.quality_gate import QualityGateResult, evaluate_quality_gate
 from slipway.tasks.remote_stages import run_remote_stage
 from slipway.tasks.security_scan import ScanResult, resolve_policy, run_security_scan
+from slipway.tasks.stage_env import (
+    Handover,
+    HandoverFiles,
+    expand_env,
+    handover_folder,
+    with_handovers,
+)
 from slipway.workspace import inside
 
 CACHE_EXPIRATION = timedelta(days=14)
@@ -93,6 +100,8 @@ class StageResult:
     scan: ScanResult | None = None
     image: LocalImage | None = None
     pushed: BuiltImage | None = None
+    # PATH entries and variables for the stages that need this one (SLIPWAY_PATH_FILE...)
+    handover: Handover = field(default_factory=Handover)
 
 
 class StageFailedWithReport(StageFailed):
@@ -178,7 +187,7 @@ def execute_stage(
     assert stage.run is not None, "parallel groups are scheduled by the flow"
     if stage.work_pool is not None:
         return _remote_stage(stage, ctx, log)
-    return _command_stage(stage, ctx, log)
+    return _command_stage(stage, ctx, log, upstream)
 
 
 def _remote_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
@@ -203,16 +212,28 @@ def _docker_client(ctx: StageContext) -> docker.DockerClient:
     return (ctx.docker_host or DockerHost()).get_client()
 
 
-def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str], None]):  # noqa: ANN202
+def _with_stage_env(stage: Stage, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` and the stage's own ``env``, whose ``$VAR`` values expand against it."""
+    return {**base, **expand_env(stage.env, base)}
+
+
+def _run_commands_somewhere(  # noqa: ANN202
+    stage: Stage,
+    ctx: StageContext,
+    log: Callable[[str], None],
+    upstream: Sequence[StageResult] = (),
+    files: HandoverFiles | None = None,
+):
     assert stage.run is not None
     cwd = inside(ctx.workspace, stage.dir)
     timeout = stage.timeout or ctx.default_timeout
     if stage.container is None:
+        base = with_handovers(ctx.env, [r.handover for r in upstream])
         return run_commands(
             stage.run,
             stage=stage.name,
             cwd=cwd,
-            env={**ctx.env, **stage.env},
+            env=_with_stage_env(stage, {**base, **(files.variables if files else {})}),
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -226,7 +247,7 @@ def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str]
             stage=stage.name,
             workspace=ctx.workspace,
             cwd=cwd,
-            env={**ctx.pipeline_env, **stage.env},
+            env=_with_stage_env(stage, ctx.pipeline_env),
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -235,10 +256,16 @@ def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str]
         client.close()
 
 
-def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
+def _command_stage(
+    stage: Stage,
+    ctx: StageContext,
+    log: Callable[[str], None],
+    upstream: Sequence[StageResult] = (),
+) -> StageResult:
     before = _snapshot(stage, ctx.workspace)
+    files = HandoverFiles(handover_folder(ctx.workspace, stage.name))
     try:
-        outcome = _run_commands_somewhere(stage, ctx, log)
+        outcome = _run_commands_somewhere(stage, ctx, log, upstream, files)
     except StageFailed as failure:
         try:
             report = _read_reports(stage, ctx.workspace, before)
@@ -252,6 +279,8 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
         raise StageFailedWithReport(
             stage.name, detail, report, output_tail=failure.output_tail
         ) from None
+    # a container cannot reach the files: only host stages hand over
+    handover = files.read(stage.name) if stage.container is None else Handover()
     report = _read_reports(stage, ctx.workspace, before)
     if report and report.problems:
         names = ", ".join(c.id for c in report.problems[:10])
@@ -266,6 +295,7 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
         artifacts=artifacts,
         tests=report,
         output_tail=outcome.output_tail,
+        handover=handover,
     )
 
 
@@ -287,7 +317,7 @@ def _quality_gate_stage(stage: Stage, ctx: StageContext, log: Callable[[str], No
     spec = stage.quality_gate
     assert spec is not None
     started = time.monotonic()
-    env = {**ctx.env, **stage.env}
+    env = _with_stage_env(stage, ctx.env)
     gate = evaluate_quality_gate(spec, ctx.workspace, env, ctx.redactor, log)
     verdict = _gate_verdict(gate.phase, stage, log)
     if verdict is not None:
@@ -479,4 +509,5 @@ def stage_environment(
     *, base: Mapping[str, str] | None, pipeline_env: Mapping[str, str], run_vars: Mapping[str, str]
 ) -> dict[str, str]:
     """The environment commands see: the worker's, then the pipeline's, then slipway's."""
-    return {**(os.environ if base is None else base), **pipeline_env, **run_vars}
+    base = os.environ if base is None else base
+    return {**base, **expand_env(pipeline_env, base), **run_vars}
