@@ -99,6 +99,7 @@ class PipelineReport:
     run_url: str | None = None
     seconds: float = 0.0
     environments: tuple[EnvironmentOutcome, ...] = ()
+    workspace: str | None = None  # where the run's workspace was kept, if it was
 
     def stage(self, name: str) -> StageOutcome:
         for outcome in self.stages:
