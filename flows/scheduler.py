@@ -9,11 +9,13 @@ the end; the group fails afterwards if any member failed — unless the group sa
 started when one fails do not start ("not-run"). ``max_parallel`` on a group caps
 how many of its members run at once.
 
-A stage whose need was skipped by a condition (``when``, or because its own need
-was) is skipped too, like a GitHub Actions job whose needed job was skipped,
-unless it says ``run_if_needs_skipped: true`` (GitHub's ``if: always()`` role).
-A stage left out by a run parameter (``stages`` / ``skip_stages``) does not
-propagate: the person chose that one stage, not its dependents.
+A stage whose ``needs:`` names a stage skipped by a condition (``when``, or because
+its own needs were) is skipped too, like a GitHub Actions job whose needed job was
+skipped, unless it says ``run_if_needs_skipped: true`` (GitHub's ``if: always()``
+role). The implicit dependency on the stage before (no ``needs:``) is order, as
+between Jenkins stages: a skip does not travel along it. A stage left out by a run
+parameter (``stages`` / ``skip_stages``) does not propagate either: the person
+chose that one stage, not its dependents.
 
 The walker itself knows nothing of Prefect: it is driven by the flow, which
 submits the leaves it hands out and reports back how each ended.
@@ -128,7 +130,9 @@ class StageWalker:
                 )
                 settled += self._settle(stage, "not-run", reason)
                 continue
-            skipped = [d for d in deps if d in self._skips_propagate]
+            # only through `needs:`: the implicit "stage before" is order, as in Jenkins
+            explicit = stage.needs or []
+            skipped = [d for d in explicit if d in self._skips_propagate]
             if skipped and not stage.run_if_needs_skipped:
                 reason = f"needs {skipped[0]!r}, which was skipped"
                 settled += self._settle(stage, "skipped", reason, propagates=True)

@@ -510,4 +510,4 @@ def stage_environment(
 ) -> dict[str, str]:
     """The environment commands see: the worker's, then the pipeline's, then slipway's."""
     base = os.environ if base is None else base
-    return {**base, **expand_env(pipeline_env, base), **run_vars}
+    return {**base, **expand_env(pipeline_env, {**base, **run_vars}), **run_vars}

@@ -200,7 +200,7 @@ def test_parallel_group_passes_when_members_pass_and_then_dependents_run():
     assert names(w.take(8)) == ["deploy"]
 
 
-def test_skipped_group_skips_its_members_and_its_dependents():
+def test_skipped_group_skips_its_members_and_the_stage_after_it_still_runs():
     w = walker(GROUPED, skip={"tests": "no changed file matches tests/**"})
     pass_build(w)
 
@@ -211,14 +211,12 @@ def test_skipped_group_skips_its_members_and_its_dependents():
         ("integration", "skipped"),
         ("e2e", "skipped"),
         ("tests", "skipped"),
-        ("deploy", "skipped"),
     }
     for name in ("unit", "integration", "e2e"):
         assert w.outcomes[name].reason == "no changed file matches tests/**"
         assert w.outcomes[name].group == "tests"
-    # like a GitHub Actions job whose needed job was skipped: skipped too, with the reason
-    assert w.outcomes["deploy"].reason == "needs 'tests', which was skipped"
-    assert w.done and w.outcomes["deploy"].ok
+    # the stage after it only follows it (no `needs:`): order, not dependency
+    assert names(w.take(8)) == ["deploy"]
 
 
 def test_skipped_members_run_the_rest_of_the_group():
@@ -282,9 +280,10 @@ CHAIN = """
     stages:
       - {name: build, run: x}
       - {name: docs, run: x, when: {changeset: ["docs/**"]}}
-      - {name: publish, run: x}
-      - {name: announce, run: x}
+      - {name: publish, run: x, needs: [docs]}
+      - {name: announce, run: x, needs: [publish]}
       - {name: report, run: x, needs: [docs], run_if_needs_skipped: true}
+      - {name: later, run: x}
     """
 
 
@@ -299,7 +298,11 @@ def test_a_condition_skip_propagates_down_the_chain():
         ("publish", "skipped", "needs 'docs', which was skipped"),
         ("announce", "skipped", "needs 'publish', which was skipped"),
     ]
-    assert names(w.take(8)) == ["report"]  # it opted in with run_if_needs_skipped
+    # report opted in with run_if_needs_skipped; later only follows report in file order
+    assert names(w.take(8)) == ["report"]
+    finish(w, "report")
+    w.advance()
+    assert names(w.take(8)) == ["later"]
 
 
 def test_a_stage_left_out_by_a_run_parameter_does_not_skip_its_dependents():
@@ -312,11 +315,14 @@ def test_a_stage_left_out_by_a_run_parameter_does_not_skip_its_dependents():
 
     w = StageWalker(pipeline, decide)
     assert [o.name for o in w.advance()] == ["build", "docs"]
-    assert names(w.take(8)) == ["publish", "report"]
+    assert names(w.take(8)) == ["publish", "report"]  # announce waits for publish
 
 
 def test_every_member_skipped_by_conditions_skips_the_dependents():
-    w = walker(GROUPED, skip={"unit": "u", "integration": "i", "e2e": "e"})
+    w = walker(
+        GROUPED.replace("{name: deploy, run: x}", "{name: deploy, run: x, needs: [tests]}"),
+        skip={"unit": "u", "integration": "i", "e2e": "e"},
+    )
     pass_build(w)
     w.advance()
     assert w.outcomes["tests"].status == "skipped"

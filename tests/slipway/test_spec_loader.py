@@ -578,3 +578,32 @@ def test_jobs_at_the_top_says_stages():
     assert [p.message for p in found] == [
         "unknown key 'jobs': the stages of a pipeline go under 'stages'"
     ]
+
+
+def test_the_readmes_validate_example_is_what_slipway_prints():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("`slipway validate [FILE ...]` checks a file") :]
+    blocks = section.split("```")
+    yaml_text = blocks[1].removeprefix("yaml\n")
+    printed = blocks[3].strip("\n")
+
+    with pytest.raises(SpecError) as caught:
+        parse_pipeline(yaml_text, "slipway.yaml")
+
+    assert str(caught.value) == printed
+
+
+def test_the_readmes_pipeline_file_is_valid_and_its_matrix_expands_as_described():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## The pipeline file") :]
+    yaml_text = section.split("```")[1].removeprefix("yaml\n")
+
+    pipeline = parse_pipeline(yaml_text, "slipway.yaml")
+
+    compat = pipeline.stage("compat")
+    assert [m.name for m in compat.parallel or []] == [
+        "compat-3.11",
+        "compat-3.12",
+        "compat-3.13-true",
+    ]
+    assert compat.fail_fast is True

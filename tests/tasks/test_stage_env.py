@@ -35,13 +35,13 @@ def test_expansion_is_shell_like():
     assert base == {"PATH": "/usr/bin:/bin", "HOME": "/home/ci"}  # not changed
 
 
-def test_pipeline_env_expands_against_the_workers_and_run_vars_stay_last():
+def test_pipeline_env_expands_against_the_workers_and_slipways_which_stay_last():
     env = stage_environment(
         base={"PATH": "/bin"},
-        pipeline_env={"PATH": "/venv/bin:$PATH", "SLIPWAY_APP": "forged"},
+        pipeline_env={"PATH": "/venv/bin:$PATH", "OUT": "$SLIPWAY_APP.d", "SLIPWAY_APP": "x"},
         run_vars={"SLIPWAY_APP": "demo"},
     )
-    assert env == {"PATH": "/venv/bin:/bin", "SLIPWAY_APP": "demo"}
+    assert env == {"PATH": "/venv/bin:/bin", "SLIPWAY_APP": "demo", "OUT": "demo.d"}
 
 
 def test_handovers_prepend_path_later_stages_first():
