@@ -133,10 +133,10 @@ def models_at(loc: Loc, root: type[BaseModel] = Pipeline) -> list[type[BaseModel
     ]
 
 
-def key_hint(key: str, loc: Loc) -> str:
-    """What to say about an unknown ``key`` at ``loc``: the close key valid *there*, or
-    what slipway uses instead of another CI system's key."""
-    models = models_at(loc)
+def key_hint(key: str, loc: Loc, root: type[BaseModel] = Pipeline) -> str:
+    """What to say about an unknown ``key`` at ``loc`` of a ``root`` file: the close key
+    valid *there*, or what slipway uses instead of another CI system's key."""
+    models = models_at(loc, root)
     if key in FOREIGN_KEYS and any(m in (Stage, Pipeline) for m in models):
         return f": {FOREIGN_KEYS[key]}"
     candidates = sorted(
@@ -146,11 +146,11 @@ def key_hint(key: str, loc: Loc) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _message(error: Mapping[str, Any], loc: Loc) -> str:
+def _message(error: Mapping[str, Any], loc: Loc, root: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        return f"unknown key {key!r}{key_hint(key, loc[:-1])}"
+        return f"unknown key {key!r}{key_hint(key, loc[:-1], root)}"
     if kind == "missing":
         return f"required key {str(loc[-1])!r} is missing"
     message = str(error["msg"])
@@ -164,12 +164,16 @@ def _message(error: Mapping[str, Any], loc: Loc) -> str:
     return message
 
 
-def _problems_from_validation(exc: ValidationError, lines: dict[Loc, int]) -> list[SpecProblem]:
+def _problems_from_validation(
+    exc: ValidationError, lines: dict[Loc, int], root: type[BaseModel] = Pipeline
+) -> list[SpecProblem]:
     problems = []
     for error in exc.errors():
         # pydantic appends the name of a function validator to the location; drop it
         loc: Loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
-        problems.append(SpecProblem(render_path(loc), _message(error, loc), _line_for(loc, lines)))
+        problems.append(
+            SpecProblem(render_path(loc), _message(error, loc, root), _line_for(loc, lines))
+        )
     return problems
 
 
