@@ -61,7 +61,8 @@ class StageWalker:
     # --- bookkeeping ----------------------------------------------------
     @property
     def done(self) -> bool:
-        return all(s.name in self.outcomes for s in self.pipeline.stages)
+        """Every stage has an outcome, and advance() has handed out every one it settled."""
+        return not self._cancelled and all(s.name in self.outcomes for s in self.pipeline.stages)
 
     @property
     def running(self) -> int:

@@ -113,3 +113,33 @@ def test_skips_propagate_unless_opted_out_and_stages_hand_over_path(git_remote):
     }
     text = logs(state.state_details.flow_run_id)
     assert "tool report strict" in text and "tool code strict" in text
+
+
+def test_fail_fast_members_not_started_show_as_not_run_task_runs(git_remote):
+    _bare, url = git_remote(
+        {
+            "slipway.yaml": textwrap.dedent(
+                """
+                app: demo
+                stages:
+                  - name: test
+                    matrix: {node: [18, 20, 22]}
+                    max_parallel: 1
+                    run: test "$MATRIX_NODE" != 18
+                """
+            ).lstrip()
+        }
+    )
+
+    state, report = run(url)
+
+    assert state.is_failed()
+    assert {s.name: s.status for s in report.stages} == {
+        "test": "failed",
+        "test-18": "failed",
+        "test-20": "not-run",
+        "test-22": "not-run",
+    }
+    assert report.stage("test-20").reason == "fail_fast: 'test-18' failed"
+    runs = task_runs(state.state_details.flow_run_id, expect={"test-20", "test-22"})
+    assert runs["test-20"].state.name == "NotRun" and runs["test-22"].state.name == "NotRun"

@@ -400,3 +400,16 @@ def test_a_parallel_group_that_says_fail_fast_stops_its_waiting_members():
         ("deploy", "not-run"),
     }
     assert w.outcomes["tests"].status == "failed"
+
+
+def test_members_stopped_by_fail_fast_are_handed_out_even_when_nothing_follows():
+    w = walker(
+        MATRIX.replace("max_parallel: 2", "max_parallel: 1").split("      - {name: package")[0]
+    )
+    w.advance()
+    assert names(w.take(8)) == ["test-3.10"]
+    finish(w, "test-3.10", "failed", "exit code 1")
+    assert w.outcomes["test"].status == "failed"
+    assert not w.done  # the stopped members still need their task runs
+    assert [o.name for o in w.advance()] == ["test-3.11", "test-3.12", "test-3.13"]
+    assert w.done
