@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import logging
 import re
-import shutil
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
+from prefect.settings import PREFECT_HOME, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.urls import url_for
@@ -62,7 +62,13 @@ from slipway.tasks.stages import (
     stage_environment,
     stage_task,
 )
-from slipway.workspace import build_number_for_run, inside, new_workspace
+from slipway.workspace import (
+    build_number_for_run,
+    default_results_path,
+    finish_workspace,
+    inside,
+    new_workspace,
+)
 
 _URLISH = re.compile(r"[/:]")
 
@@ -115,13 +121,13 @@ def _artifact_key(app: str, what: str) -> str:
 def _decider(pipeline: Pipeline, overrides: PipelineOverrides, ctx: ConditionContext):  # noqa: ANN202
     def decide(stage: Stage) -> Decision:
         if stage.name in overrides.skip:
-            return Decision(False, "skipped by the 'skip_stages' parameter")
+            return Decision(False, "skipped by the 'skip_stages' parameter", propagates=False)
         if overrides.only is not None and stage.name not in overrides.only:
             group = next((s for s in pipeline.stages if stage in (s.parallel or [])), None)
             if group is None or group.name not in overrides.only:
                 inner = [c.name for c in stage.parallel or [] if c.name in overrides.only]
                 if not inner:
-                    return Decision(False, "not among the 'stages' parameter")
+                    return Decision(False, "not among the 'stages' parameter", propagates=False)
         if stage.when is not None:
             verdict = evaluate(stage.when, ctx)
             if not verdict.holds:
@@ -273,6 +279,7 @@ async def _run_stages(
                         extra.report if extra else None,
                         extra.gate if extra else None,
                         extra.scan if extra else None,
+                        output_tail=extra.output_tail if extra else "",
                     )
                 )
 
@@ -412,7 +419,12 @@ async def pipeline(
         bool, Field(description="Rerun every stage, ignoring cached results.")
     ] = False,
     keep_workspace: Annotated[
-        bool, Field(description="Keep the workspace after a successful run.")
+        bool,
+        Field(
+            description="Keep the workspace after a successful run (a failed run's is kept "
+            "anyway; both are pruned by SLIPWAY_KEEP_WORKSPACES / "
+            "SLIPWAY_WORKSPACE_MAX_AGE_DAYS)."
+        ),
     ] = False,
     environments: Annotated[
         list[str] | None,
@@ -467,7 +479,7 @@ async def pipeline(
     slack = await _load_notifier(notifier, redactor)
     # "HEAD": the remote's default branch, resolved (and the commit verified on it) by checkout
     branch_name = branch or repo.default_branch or DEFAULT_BRANCH
-    workspace = new_workspace("runs", run_id)
+    workspace = new_workspace("runs", run_id, lock=True)
     app = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     sha = commit or "unknown"
     step = "checkout"
@@ -575,6 +587,9 @@ async def pipeline(
             run_url=run_url,
             seconds=round(time.monotonic() - started, 3),
         )
+    if finish_workspace(workspace, keep=keep_workspace or report.status != "success"):
+        logger.info("workspace kept: %s", workspace)
+        report = replace(report, workspace=str(workspace))
     await _publish_artifacts(report, run_id)
     if cancel_requested():  # Ctrl-C / SIGTERM on `slipway run` (slipway/interrupt.py)
         logger.warning("pipeline cancelled; workspace kept at %s", workspace)
@@ -586,8 +601,6 @@ async def pipeline(
             message=redactor.redact(f"stage {report.failed_stage!r} failed: {report.reason}"),
             data=report,
         )
-    if not keep_workspace:
-        shutil.rmtree(workspace, ignore_errors=True)
     logger.info("pipeline succeeded in %.1f s", report.seconds)
     return report
 
@@ -684,5 +697,14 @@ async def _deliver(
 
 
 def run_pipeline(**parameters: Any) -> State:
-    """Run the pipeline flow from synchronous code; returns its final state."""
-    return asyncio.run(pipeline(**parameters, return_state=True))  # type: ignore[arg-type]
+    """Run the pipeline flow from synchronous code; returns its final state.
+
+    Prefect's result files go under ``$SLIPWAY_HOME/prefect-results`` unless
+    ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` says otherwise (Prefect's default,
+    ``~/.prefect/storage``, would mix every project's results).
+    """
+    path = PREFECT_RESULTS_LOCAL_STORAGE_PATH.value()
+    if Path(path) == Path(PREFECT_HOME.value()) / "storage":
+        path = default_results_path()
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: path}):
+        return asyncio.run(pipeline(**parameters, return_state=True))  # type: ignore[arg-type]

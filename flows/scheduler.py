@@ -4,7 +4,18 @@ Stages start as soon as everything they need has passed (or was reused from the
 cache), in file order, up to ``max_parallel`` at once — so cheap stages placed
 first fail fast. A failed stage marks everything that needs it, directly or not,
 as "not-run"; independent stages carry on. Members of a parallel group all run to
-the end; the group fails afterwards if any member failed.
+the end; the group fails afterwards if any member failed — unless the group says
+``fail_fast`` (a matrix does by default, like GitHub Actions): then members not yet
+started when one fails do not start ("not-run"). ``max_parallel`` on a group caps
+how many of its members run at once.
+
+A stage whose ``needs:`` names a stage skipped by a condition (``when``, or because
+its own needs were) is skipped too, like a GitHub Actions job whose needed job was
+skipped, unless it says ``run_if_needs_skipped: true`` (GitHub's ``if: always()``
+role). The implicit dependency on the stage before (no ``needs:``) is order, as
+between Jenkins stages: a skip does not travel along it. A stage left out by a run
+parameter (``stages`` / ``skip_stages``) does not propagate either: the person
+chose that one stage, not its dependents.
 
 The walker itself knows nothing of Prefect: it is driven by the flow, which
 submits the leaves it hands out and reports back how each ended.
@@ -12,6 +23,7 @@ submits the leaves it hands out and reports back how each ended.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +38,9 @@ class Decision:
 
     run: bool
     reason: str = ""
+    # whether the stages that need a skipped one are skipped as well (a ``when``
+    # condition: yes; a run parameter choosing stages: no)
+    propagates: bool = True
 
 
 class StageWalker:
@@ -40,11 +55,14 @@ class StageWalker:
         self._queue: list[Stage] = []  # leaves ready to start, in file order
         self._running: set[str] = set()
         self._group_of = {c.name: s for s in pipeline.stages for c in (s.parallel or [])}
+        self._skips_propagate: set[str] = set()  # skipped stages whose dependents skip too
+        self._cancelled: list[StageOutcome] = []  # fail-fast members, reported by advance()
 
     # --- bookkeeping ----------------------------------------------------
     @property
     def done(self) -> bool:
-        return all(s.name in self.outcomes for s in self.pipeline.stages)
+        """Every stage has an outcome, and advance() has handed out every one it settled."""
+        return not self._cancelled and all(s.name in self.outcomes for s in self.pipeline.stages)
 
     @property
     def running(self) -> int:
@@ -55,7 +73,20 @@ class StageWalker:
         self._running.discard(outcome.name)
         group = self._group_of.get(outcome.name)
         if group is not None:
+            if outcome.status == "failed" and group.fail_fast:
+                self._stop_members(group, outcome.name)
             self._close_group(group)
+
+    def _stop_members(self, group: Stage, failed: str) -> None:
+        """Fail fast: the group's members still queued never start."""
+        names = {m.name for m in group.parallel or []}
+        stopped = [s for s in self._queue if s.name in names]
+        self._queue = [s for s in self._queue if s.name not in names]
+        reason = f"fail_fast: {failed!r} failed"
+        for member in stopped:
+            outcome = StageOutcome(member.name, "not-run", 0.0, reason, group=group.name)
+            self.outcomes[member.name] = outcome
+            self._cancelled.append(outcome)
 
     def _close_group(self, group: Stage) -> None:
         members = group.parallel or []
@@ -71,6 +102,8 @@ class StageWalker:
             self.outcomes[group.name] = StageOutcome(
                 group.name, "skipped", 0.0, "every member skipped"
             )
+            if all(m.name in self._skips_propagate for m in members):
+                self._skips_propagate.add(group.name)
         elif all(o.status in ("cached", "skipped") for o in outcomes):
             self.outcomes[group.name] = StageOutcome(
                 group.name, "cached", seconds, "every member reused"
@@ -81,7 +114,7 @@ class StageWalker:
     # --- scheduling -----------------------------------------------------
     def advance(self) -> list[StageOutcome]:
         """Resolve stages that will not run; queue leaves that may. Returns new non-runs."""
-        settled: list[StageOutcome] = []
+        settled, self._cancelled = self._cancelled, []
         for stage in self.pipeline.stages:
             if stage.name in self._started or stage.name in self.outcomes:
                 continue
@@ -98,9 +131,16 @@ class StageWalker:
                 )
                 settled += self._settle(stage, "not-run", reason)
                 continue
+            # only through `needs:`: the implicit "stage before" is order, as in Jenkins
+            explicit = stage.needs or []
+            skipped = [d for d in explicit if d in self._skips_propagate]
+            if skipped and not stage.run_if_needs_skipped:
+                reason = f"needs {skipped[0]!r}, which was skipped"
+                settled += self._settle(stage, "skipped", reason, propagates=True)
+                continue
             decision = self.decide(stage)
             if not decision.run:
-                settled += self._settle(stage, "skipped", decision.reason)
+                settled += self._settle(stage, "skipped", decision.reason, decision.propagates)
                 continue
             if stage.parallel is None:
                 self._queue.append(stage)
@@ -110,7 +150,9 @@ class StageWalker:
                 if member_decision.run:
                     self._queue.append(member)
                 else:
-                    settled += self._settle(member, "skipped", member_decision.reason)
+                    settled += self._settle(
+                        member, "skipped", member_decision.reason, member_decision.propagates
+                    )
         return settled
 
     def _root_failure(self, name: str) -> str:
@@ -130,8 +172,12 @@ class StageWalker:
             name = broken[0]
         return repr(name)
 
-    def _settle(self, stage: Stage, status: str, reason: str) -> list[StageOutcome]:
+    def _settle(
+        self, stage: Stage, status: str, reason: str, propagates: bool = False
+    ) -> list[StageOutcome]:
         outcomes = [StageOutcome(stage.name, status, 0.0, reason)]  # type: ignore[arg-type]
+        if status == "skipped" and propagates:
+            self._skips_propagate.update([stage.name, *(m.name for m in stage.parallel or [])])
         if stage.parallel is not None:
             outcomes = [
                 StageOutcome(m.name, status, 0.0, reason, group=stage.name)  # type: ignore[arg-type]
@@ -146,8 +192,20 @@ class StageWalker:
         return [o for o in outcomes if o.name in self.outcomes]
 
     def take(self, slots: int) -> list[Stage]:
-        """Up to ``slots`` queued leaves, in file order."""
-        taken, self._queue = self._queue[:slots], self._queue[slots:]
+        """Up to ``slots`` queued leaves, in file order, within their group's max_parallel."""
+        busy = Counter(self._group_of[n].name for n in self._running if n in self._group_of)
+        taken: list[Stage] = []
+        waiting: list[Stage] = []
+        for stage in self._queue:
+            group = self._group_of.get(stage.name)
+            limit = group.max_parallel if group is not None else None
+            if len(taken) < slots and (group is None or limit is None or busy[group.name] < limit):
+                taken.append(stage)
+                if group is not None:
+                    busy[group.name] += 1
+            else:
+                waiting.append(stage)
+        self._queue = waiting
         self._running.update(s.name for s in taken)
         return taken
 

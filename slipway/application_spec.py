@@ -372,7 +372,8 @@ def parse_application_file(text: str, file: str) -> Application | ApplicationSet
     try:
         parsed = ApplicationFile.model_validate(_plain(tree))
     except ValidationError as exc:
-        raise ApplicationSpecError(file, _problems_from_validation(exc, lines)) from None
+        problems = _problems_from_validation(exc, lines, ApplicationFile)
+        raise ApplicationSpecError(file, problems) from None
     return parsed.content
 
 

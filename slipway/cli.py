@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from slipway.exceptions import SlipwayError, SpecError
+from slipway.exceptions import ConfigError, SlipwayError, SpecError
 from slipway.interrupt import cancellable, exit_code
 from slipway.spec_loader import DEFAULT_SPEC_FILE, load_pipeline
 
@@ -75,6 +76,7 @@ def _run_pipeline(
             notifier=args.notifier,
             refresh_cache=args.refresh_cache,
             environments=args.environment,
+            keep_workspace=args.keep_workspace,
             **extra,
         )
         report = state.result(raise_on_failure=False)
@@ -87,9 +89,13 @@ def _run_pipeline(
             print(
                 f"  deploy {env.name:<11} {DEPLOY_ICONS[env.status]:<14} {env.seconds:7.2f} s{note}"
             )
+        if report.failed_stage and report.failed_stage not in {s.name for s in report.stages}:
+            print(f"  {report.failed_stage}: {report.reason}")  # checkout, load-spec, ...
         print(f"\n{report.app} @ {report.sha[:12]}: {report.status} in {report.seconds:.1f} s")
         if report.pushed_image is not None:
             print(f"image pushed: {report.pushed_image.ref}")
+        if report.workspace:
+            print(f"workspace kept: {report.workspace}")
         if report.run_url:
             print(f"watch it in the Prefect UI: {report.run_url}")
     else:
@@ -97,8 +103,34 @@ def _run_pipeline(
     return exit_code(state)
 
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def repository_argument(text: str) -> str:
+    """What ``slipway run`` was given, as the flow's ``repository``.
+
+    Read the way git reads a remote: a URL (``https://``, ``ssh://``, ``file://``) as
+    it is; a path (``.``, ``..``, ``./x``, ``../x``, ``/abs``, ``~/x``, or anything that
+    exists on disk) made absolute, since the flow runs elsewhere; ``host:path`` as git's
+    ssh form; anything else names an ``AppRepository`` block.
+    """
+    if _URL_SCHEME.match(text):
+        return text
+    path = Path(text).expanduser()
+    looks_like_path = text in (".", "..") or text.startswith(("/", "./", "../", "~"))
+    if looks_like_path or path.exists():
+        resolved = path.resolve()
+        if not resolved.exists():
+            raise ConfigError(f"repository path {text!r} does not exist ({resolved})")
+        bare = (resolved / "HEAD").is_file() and (resolved / "objects").is_dir()
+        if not bare and not (resolved / ".git").exists():
+            raise ConfigError(f"{resolved} is not a git repository (no .git, and not bare)")
+        return str(resolved)
+    return text  # git's ssh form or a block name: both go as they are
+
+
 def _run(args: argparse.Namespace) -> int:
-    return _run_pipeline(args.repository, args)
+    return _run_pipeline(repository_argument(args.repository), args)
 
 
 def _example(args: argparse.Namespace) -> int:
@@ -196,6 +228,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notifier", help="SlackNotifier block name")
     parser.add_argument("--refresh-cache", action="store_true", help="rerun every stage")
     parser.add_argument(
+        "--keep-workspace",
+        action="store_true",
+        help="keep the workspace after a successful run too (retention: "
+        "SLIPWAY_KEEP_WORKSPACES, SLIPWAY_WORKSPACE_MAX_AGE_DAYS)",
+    )
+    parser.add_argument(
         "--environment", action="append", help="deploy only to this environment (repeatable)"
     )
 
@@ -207,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="*", help=f"pipeline files (default: {DEFAULT_SPEC_FILE})")
     validate.set_defaults(handler=_validate)
     run = sub.add_parser("run", help="run the pipeline of a repository")
-    run.add_argument("repository", help="AppRepository block name, clone URL or local path")
+    run.add_argument(
+        "repository",
+        help="clone URL, local path (., ./x, /abs, file://...) or AppRepository block name",
+    )
     _add_run_options(run)
     run.set_defaults(handler=_run)
     example = sub.add_parser("example", help="run the pipeline on the bundled example app")

@@ -42,7 +42,13 @@ def changed_matches(files: Sequence[str], patterns: Sequence[str]) -> list[str]:
 
 
 def evaluate(when: When, ctx: ConditionContext) -> Verdict:
-    """All keys of one ``when`` mapping must hold (like Jenkins' ``when`` block)."""
+    """All keys of one ``when`` mapping must hold (like Jenkins' ``when`` block).
+
+    ``changeset`` holds when *any* changed file matches (GitHub's ``paths``), so
+    ``not: {changeset: [...]}`` holds only when *no* changed file matches;
+    ``changeset_ignore`` holds when *some* changed file matches none of its globs
+    (GitHub's ``paths-ignore``: skip a docs-only change, run for anything else).
+    """
     checks: list[Verdict] = []
     if when.branch is not None:
         ok = branch_matches(ctx.branch, when.branch)
@@ -74,6 +80,19 @@ def evaluate(when: When, ctx: ConditionContext) -> Verdict:
                 f"changeset matches {shown} ({hits[0]}{' ...' if len(hits) > 1 else ''})"
                 if hits
                 else f"no changed file matches {shown}",
+            )
+        )
+    if when.changeset_ignore is not None:
+        counted = [f for f in ctx.changed_files if not changed_matches([f], when.changeset_ignore)]
+        shown = ", ".join(when.changeset_ignore)
+        checks.append(
+            Verdict(
+                bool(counted),
+                f"{counted[0]}{' ...' if len(counted) > 1 else ''} changed outside {shown}"
+                if counted
+                else f"every changed file matches changeset_ignore {shown}"
+                if ctx.changed_files
+                else "no file changed",
             )
         )
     if when.all_of is not None:

@@ -123,8 +123,9 @@ class CommitNotOnBranch(CheckoutError):
 class StageFailed(PermanentError):
     """A stage's command exited with a non-zero status."""
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, *, output_tail: str = "") -> None:
         self.stage = stage
+        self.output_tail = output_tail  # the command's last output lines (redacted)
         super().__init__(f"stage {stage!r} failed: {message}")
 
 

@@ -7,6 +7,7 @@ condition or an override said so), "not-run" (something it needs failed) and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +43,8 @@ class StageOutcome:
     # the stage's own work (its commands, the build, the scan) without orchestration;
     # ``seconds`` is the wall time from submission to end
     own_seconds: float | None = None
+    # a failed command's last output lines (redacted), for the summary artifact
+    output_tail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -96,6 +99,7 @@ class PipelineReport:
     run_url: str | None = None
     seconds: float = 0.0
     environments: tuple[EnvironmentOutcome, ...] = ()
+    workspace: str | None = None  # where the run's workspace was kept, if it was
 
     def stage(self, name: str) -> StageOutcome:
         for outcome in self.stages:
@@ -157,4 +161,14 @@ def summary_markdown(report: PipelineReport) -> str:
                 f"| {e.name} | {DEPLOY_ICONS[e.status]} | {e.seconds:.2f} | {e.revision or '-'} "
                 f"| {_cell(e.approver or '-')} | {_cell(e.reason)} |"
             )
+    for s in report.stages:
+        if s.status == "failed" and s.output_tail:
+            lines += ["", f"### `{s.name}`: last lines of output", "", *_fenced(s.output_tail)]
     return "\n".join(lines)
+
+
+def _fenced(text: str) -> list[str]:
+    """A code block that no run of backticks in ``text`` can close early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", text, fence]

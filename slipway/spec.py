@@ -52,6 +52,11 @@ class When(StrictModel):
         default=None,
         description="Globs over files changed since the base commit; any match is enough.",
     )
+    changeset_ignore: RelGlobs | None = Field(
+        default=None,
+        description="Globs of changed files that do not count (GitHub's paths-ignore): holds "
+        "when some changed file matches none of them.",
+    )
     all_of: list[When] | None = Field(default=None, alias="allOf")
     any_of: list[When] | None = Field(default=None, alias="anyOf")
     not_: When | None = Field(default=None, alias="not")
@@ -59,7 +64,10 @@ class When(StrictModel):
     @model_validator(mode="after")
     def _not_empty(self) -> When:
         if not self.model_fields_set:
-            raise ValueError("empty condition: give branch, env, changeset, allOf, anyOf or not")
+            raise ValueError(
+                "empty condition: give branch, env, changeset, changeset_ignore, allOf, anyOf "
+                "or not"
+            )
         return self
 
 
@@ -140,6 +148,30 @@ class Stage(StrictModel):
         description="Stages this one waits for; default: the stage before it. [] = none.",
     )
     when: When | None = Field(default=None, description="Run only when this holds.")
+    run_if_needs_skipped: bool = Field(
+        default=False,
+        description="Run even when a stage this one needs was skipped (by `when`, or because "
+        "its own needs were); default false: such a stage is skipped too, like a GitHub "
+        "Actions job without `if: always()`.",
+    )
+    matrix: dict[str, Any] | None = Field(
+        default=None,
+        description="Run the stage once per combination of these axes ({python: ['3.12', "
+        "'3.13']}), with optional include / exclude lists (GitHub Actions semantics); the "
+        "values reach commands as MATRIX_<AXIS>. Checked and expanded by slipway.matrix.",
+    )
+    fail_fast: bool | None = Field(
+        default=None,
+        description="For matrix and parallel stages: once a member fails, members not yet "
+        "started do not start (default: true for a matrix, false for parallel).",
+    )
+    max_parallel: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="For matrix and parallel stages: members running at once (default: no "
+        "limit beyond the pipeline's max_parallel).",
+    )
     artifacts: RelGlobs = Field(
         default_factory=list, description="Globs of files to archive with a sha256 fingerprint."
     )
@@ -177,6 +209,12 @@ class Stage(StrictModel):
                 )
         if self.allow_empty and not self.junit:
             raise ValueError("'allow_empty' goes with 'junit' only")
+        if self.matrix is not None and self.parallel is not None:
+            raise ValueError("'matrix' and 'parallel' do not go together")
+        if (self.fail_fast is not None or self.max_parallel is not None) and (
+            self.matrix is None and self.parallel is None
+        ):
+            raise ValueError("'fail_fast' and 'max_parallel' go with 'matrix' or 'parallel' only")
         if self.allow_inconclusive and self.kind not in ("quality_gate", "security_scan"):
             raise ValueError("'allow_inconclusive' goes with quality_gate or security_scan only")
         if self.parallel is not None:
@@ -188,6 +226,11 @@ class Stage(StrictModel):
                 if child.needs is not None:
                     raise ValueError(
                         f"stage {child.name!r}: stages inside 'parallel' cannot have 'needs'"
+                    )
+                if child.matrix is not None:
+                    raise ValueError(
+                        f"stage {child.name!r}: a matrix inside 'parallel' is not supported "
+                        "(make it a stage of its own)"
                     )
         return self
 

@@ -11,16 +11,19 @@ such as ``stages[2].when.allOf[0].branch`` and the line it sits on.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from slipway.exceptions import SpecError, SpecProblem
+from slipway.matrix import combinations as matrix_combinations
+from slipway.matrix import expand_matrices, matrix_problems, member_name
 from slipway.safe_yaml import YamlProblem, load_round_trip
-from slipway.spec import Pipeline, PipelineOverrides, Stage, StrictModel
+from slipway.spec import Pipeline, PipelineOverrides, Stage
 
 DEFAULT_SPEC_FILE = "slipway.yaml"
 MAX_SPEC_BYTES = 1_000_000
@@ -66,24 +69,88 @@ def _line_for(loc: Loc, lines: dict[Loc, int]) -> int | None:
     return None
 
 
-_KNOWN_KEYS: dict[str, list[str]] = {}
+# Keys people bring from other CI systems, and what slipway uses in their place.
+FOREIGN_KEYS: dict[str, str] = {
+    "runs-on": "slipway runs a stage on a worker of a Prefect work pool: use 'work_pool' "
+    "(or 'container' to run it in an image)",
+    "agent": "use 'work_pool' on a stage (a Prefect work pool plays a Jenkins agent label's "
+    "part), or 'container'",
+    "strategy": "a stage takes 'matrix' directly (with 'fail_fast' and 'max_parallel' next to it)",
+    "steps": "a stage's commands go in 'run' (a list runs in order)",
+    "script": "a stage's commands go in 'run'",
+    "uses": "slipway has no actions to call: write the commands in 'run', or use a built-in "
+    "stage (quality_gate, security_scan, build_image, push_image)",
+    "with": "options go in the section of a built-in stage (quality_gate, security_scan, "
+    "build_image, push_image), or in 'env'",
+    "if": "use 'when' (branch, env, changeset, changeset_ignore, allOf, anyOf, not)",
+    "stage": "every item of 'stages' is a stage; order them with 'needs'",
+    "jobs": "the stages of a pipeline go under 'stages'",
+    "image": "use 'container: {image: ...}' on a 'run' stage",
+    "depends_on": "use 'needs'",
+    "dependencies": "use 'needs'",
+    "variables": "use 'env'",
+    "environment": "use 'env' (and 'deploy.environments' for where a release goes)",
+}
 
 
-def _known_keys(model: type) -> list[str]:
-    name = model.__name__
-    if name not in _KNOWN_KEYS:
-        _KNOWN_KEYS[name] = [f.alias or key for key, f in model.model_fields.items()]
-    return _KNOWN_KEYS[name]
+def _field_types(model: type[BaseModel], key: str | int) -> list[Any]:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return [info.annotation]
+    return []
 
 
-def _message(error: Mapping[str, Any], loc: Loc) -> str:
+def _unwrap(annotation: Any) -> list[Any]:
+    """The alternatives of ``X | None`` and ``Annotated[X, ...]``, flattened."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [t for arg in get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def models_at(loc: Loc, root: type[BaseModel] = Pipeline) -> list[type[BaseModel]]:
+    """The models that may sit at ``loc`` of a pipeline file (empty when unknown).
+
+    Follows field types through lists, dicts, optionals and unions; a part that no
+    alternative knows (a union tag in pydantic's error location) is stepped over.
+    """
+    current: list[Any] = [root]
+    for part in loc:
+        following: list[Any] = []
+        for annotation in (t for c in current for t in _unwrap(c)):
+            origin = get_origin(annotation)
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                following += _field_types(annotation, part)
+            elif origin is list and isinstance(part, int):
+                following.append(get_args(annotation)[0])
+            elif origin is dict and isinstance(part, str):
+                following.append(get_args(annotation)[1])
+        current = following or current
+    return [
+        t for c in current for t in _unwrap(c) if isinstance(t, type) and issubclass(t, BaseModel)
+    ]
+
+
+def key_hint(key: str, loc: Loc, root: type[BaseModel] = Pipeline) -> str:
+    """What to say about an unknown ``key`` at ``loc`` of a ``root`` file: the close key
+    valid *there*, or what slipway uses instead of another CI system's key."""
+    models = models_at(loc, root)
+    if key in FOREIGN_KEYS and any(m in (Stage, Pipeline) for m in models):
+        return f": {FOREIGN_KEYS[key]}"
+    candidates = sorted(
+        {info.alias or name for m in models for name, info in m.model_fields.items()}
+    )
+    close = difflib.get_close_matches(key, candidates, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _message(error: Mapping[str, Any], loc: Loc, root: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        candidates = sorted({k for m in _all_models() for k in _known_keys(m)})
-        close = difflib.get_close_matches(key, candidates, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {key!r}{hint}"
+        return f"unknown key {key!r}{key_hint(key, loc[:-1], root)}"
     if kind == "missing":
         return f"required key {str(loc[-1])!r} is missing"
     message = str(error["msg"])
@@ -97,39 +164,33 @@ def _message(error: Mapping[str, Any], loc: Loc) -> str:
     return message
 
 
-def _problems_from_validation(exc: ValidationError, lines: dict[Loc, int]) -> list[SpecProblem]:
+def _problems_from_validation(
+    exc: ValidationError, lines: dict[Loc, int], root: type[BaseModel] = Pipeline
+) -> list[SpecProblem]:
     problems = []
     for error in exc.errors():
         # pydantic appends the name of a function validator to the location; drop it
         loc: Loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
-        problems.append(SpecProblem(render_path(loc), _message(error, loc), _line_for(loc, lines)))
+        problems.append(
+            SpecProblem(render_path(loc), _message(error, loc, root), _line_for(loc, lines))
+        )
     return problems
 
 
-def _all_models() -> list[type]:
-    """Every pipeline-file model (the stage families define theirs on StrictModel)."""
-    found: list[type] = []
-    pending: list[type] = [StrictModel]
-    while pending:
-        model = pending.pop()
-        for sub in model.__subclasses__():
-            if sub not in found:
-                found.append(sub)
-                pending.append(sub)
-    return found
+def dependency_map(stages: Iterable[tuple[str, list[str] | None]]) -> dict[str, list[str]]:
+    """Stage -> the stages it waits for, from (name, needs) in file order: no ``needs``
+    means the stage before it, ``[]`` means none."""
+    deps: dict[str, list[str]] = {}
+    previous: str | None = None
+    for name, needs in stages:
+        deps[name] = ([previous] if previous else []) if needs is None else list(needs)
+        previous = name
+    return deps
 
 
 def dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
     """Top-level stage -> the stages it waits for (default: the one before it)."""
-    deps: dict[str, list[str]] = {}
-    previous: str | None = None
-    for stage in pipeline.stages:
-        if stage.needs is None:
-            deps[stage.name] = [previous] if previous else []
-        else:
-            deps[stage.name] = list(stage.needs)
-        previous = stage.name
-    return deps
+    return dependency_map((s.name, s.needs) for s in pipeline.stages)
 
 
 def _find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
@@ -156,74 +217,115 @@ def _find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def _semantic_problems(pipeline: Pipeline, lines: dict[Loc, int]) -> list[SpecProblem]:
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str_list(value: Any) -> list[str] | None:
+    """A ``needs``-like value as written (a string or a list), strings only."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return None
+
+
+def _semantic_problems(data: Mapping[str, Any], lines: dict[Loc, int]) -> list[SpecProblem]:
+    """Cross-stage problems, read from the file's plain data so that they are found even
+    when the schema check failed elsewhere (every problem at once, not the first)."""
     problems: list[SpecProblem] = []
 
     def add(loc: Loc, message: str) -> None:
         problems.append(SpecProblem(render_path(loc), message, _line_for(loc, lines)))
 
+    raw_stages = data.get("stages") if isinstance(data.get("stages"), list) else []
+    stages = [_mapping(s) for s in raw_stages]
+    named = [(i, s) for i, s in enumerate(stages) if isinstance(s.get("name"), str)]
     seen: dict[str, Loc] = {}
-    for i, stage in enumerate(pipeline.stages):
-        entries: list[tuple[Loc, Stage]] = [(("stages", i, "name"), stage)]
-        entries += [
-            (("stages", i, "parallel", j, "name"), child)
-            for j, child in enumerate(stage.parallel or [])
-        ]
-        for loc, item in entries:
-            if item.name in seen:
-                add(
-                    loc,
-                    f"duplicate stage name {item.name!r} (first at {render_path(seen[item.name])})",
-                )
-            else:
-                seen[item.name] = loc
+    members: set[str] = set()
 
-    top = [s.name for s in pipeline.stages]
-    for i, stage in enumerate(pipeline.stages):
-        for j, dep in enumerate(stage.needs or []):
+    def claim(name: str, loc: Loc, what: str = "stage name") -> None:
+        if name in seen:
+            add(loc, f"duplicate {what} {name!r} (first at {render_path(seen[name])})")
+        else:
+            seen[name] = loc
+
+    for i, stage in enumerate(stages):
+        if isinstance(stage.get("name"), str):
+            claim(stage["name"], ("stages", i, "name"))
+        children = stage.get("parallel") if isinstance(stage.get("parallel"), list) else []
+        for j, child in enumerate(children):
+            if isinstance(_mapping(child).get("name"), str):
+                claim(child["name"], ("stages", i, "parallel", j, "name"))
+                members.add(child["name"])
+    for i, stage in named:
+        if "matrix" not in stage:
+            continue
+        found = matrix_problems(stage["matrix"], stage["name"])
+        for sub, message in found:
+            add(("stages", i, "matrix", *sub), message)
+        if not found and isinstance(stage["matrix"], Mapping):
+            for combo in matrix_combinations(stage["matrix"]):
+                name = member_name(stage["name"], combo)
+                claim(name, ("stages", i, "matrix"), "stage name (a matrix member's)")
+                members.add(name)
+
+    top = [s["name"] for _i, s in named]
+    for i, stage in named:
+        for j, dep in enumerate(_str_list(stage.get("needs")) or []):
             loc = ("stages", i, "needs", j)
-            if dep == stage.name:
-                add(loc, f"stage {stage.name!r} cannot need itself")
+            if dep == stage["name"]:
+                add(loc, f"stage {stage['name']!r} cannot need itself")
             elif dep not in top:
-                inner = dep in seen
                 close = difflib.get_close_matches(dep, top, n=1)
                 hint = (
-                    " (stages inside a parallel group cannot be needed; need the group)"
-                    if inner
+                    " (stages inside a parallel group or matrix cannot be needed; need the group)"
+                    if dep in members
                     else (f" (did you mean {close[0]!r}?)" if close else "")
                 )
                 add(loc, f"unknown stage {dep!r} in needs{hint}")
-    builders = {s.name for s in pipeline.all_stages() if s.build_image is not None}
-    for i, stage in enumerate(pipeline.stages):
-        if stage.push_image is not None and stage.push_image.from_stage not in builders:
+    every = stages + [_mapping(c) for s in stages for c in _list(s.get("parallel"))]
+    builders = {s.get("name") for s in every if "build_image" in s}
+    for i, stage in enumerate(stages):
+        source = _mapping(stage.get("push_image")).get("from")
+        if isinstance(source, str) and source not in builders:
+            shown = sorted(b for b in builders if isinstance(b, str))
             add(
                 ("stages", i, "push_image", "from"),
-                f"{stage.push_image.from_stage!r} is not a build_image stage"
-                + (f" (build_image stages: {', '.join(sorted(builders))})" if builders else ""),
+                f"{source!r} is not a build_image stage"
+                + (f" (build_image stages: {', '.join(shown)})" if shown else ""),
             )
-    _deploy_problems(pipeline, add)
+    _deploy_problems(data, every, add)
     if not problems:
-        cycle = _find_cycle(dependencies(pipeline))
+        cycle = _find_cycle(
+            dependency_map((s["name"], _str_list(s.get("needs"))) for _i, s in named)
+        )
         if cycle:
             index = top.index(cycle[0])
-            add(("stages", index, "needs"), "dependency cycle: " + " -> ".join(cycle))
+            add(("stages", named[index][0], "needs"), "dependency cycle: " + " -> ".join(cycle))
     return problems
 
 
-def _deploy_problems(pipeline: Pipeline, add: Callable[[Loc, str], None]) -> None:
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _deploy_problems(
+    data: Mapping[str, Any], stages: list[Mapping[str, Any]], add: Callable[[Loc, str], None]
+) -> None:
     """``deploy.image_from`` must name a stage that pushes an image."""
-    deploy = pipeline.deploy
-    if deploy is None or deploy.image_from is None:
+    image_from = _mapping(data.get("deploy")).get("image_from")
+    if not isinstance(image_from, str):
         return
     pushers = sorted(
-        s.name
-        for s in pipeline.all_stages()
-        if s.push_image is not None or (s.build_image is not None and s.build_image.push)
+        str(s.get("name"))
+        for s in stages
+        if "push_image" in s or _mapping(s.get("build_image")).get("push") is True
     )
-    if deploy.image_from not in pushers:
+    if image_from not in pushers:
         add(
             ("deploy", "image_from"),
-            f"{deploy.image_from!r} does not push an image"
+            f"{image_from!r} does not push an image"
             + (f" (stages that do: {', '.join(pushers)})" if pushers else ""),
         )
 
@@ -240,14 +342,17 @@ def parse_pipeline(text: str, file: str = DEFAULT_SPEC_FILE) -> Pipeline:
             got = "a list"  # not ruamel's class name, "CommentedSeq"
         raise SpecError(file, [SpecProblem("", f"the top level must be a mapping, got {got}")])
     lines = _line_map(tree)
+    data = _plain(tree)
+    problems = _semantic_problems(data, lines)
     try:
-        pipeline = Pipeline.model_validate(_plain(tree))
+        pipeline = Pipeline.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(file, _problems_from_validation(exc, lines)) from None
-    problems = _semantic_problems(pipeline, lines)
+        problems += _problems_from_validation(exc, lines)
     if problems:
+        # in file order; problems of the file as a whole (no line) first
+        problems.sort(key=lambda p: p.line or 0)
         raise SpecError(file, problems)
-    return pipeline
+    return expand_matrices(pipeline)
 
 
 def read_spec_text(

@@ -9,13 +9,16 @@ timeout, a cancelled run (Ctrl-C on ``slipway run``) or Prefect timing the task 
 stops the whole tree: SIGTERM, then SIGKILL after the grace period
 (``SLIPWAY_KILL_GRACE_SECONDS``, default 10 s), escapes included. Output is merged,
 streamed line by line through the redactor to the logger, and the last lines are
-kept for the failure message.
+kept: the reason shown is the line that explains the failure
+(:func:`failure_line`), not merely the last one, which for npm or a Python traceback
+is rarely the point.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +38,7 @@ from slipway.tasks.process_tree import (
     stage_scope,
 )
 
-TAIL_LINES = 30
+TAIL_LINES = 50
 _SUBREAPER = str(Path(__file__).with_name("subreaper.py"))
 _WRAPPER_MARGIN_SECONDS = 5.0  # past the grace period, the wrapper itself is SIGKILLed
 _POLL_SECONDS = 0.02
@@ -55,6 +58,58 @@ def _short(command: str, limit: int = 80) -> str:
     first = command.strip().splitlines()[0] if command.strip() else command
     more = " ..." if len(command.strip().splitlines()) > 1 or len(first) > limit else ""
     return repr(first[:limit] + more)
+
+
+# Lines that say why a command failed, best first; within a kind, the first such line.
+_EXPLAINING = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"^FAILED\s",  # pytest's short test summary ("FAILED tests/x.py::test_y - ...")
+        # an exception's own line: "Error: boom", "E   AssertionError: ...",
+        # "AssertionError [ERR_ASSERTION]: ...", "requests.exceptions.HTTPError: 404"
+        r"^(E\s+)?([\w$]+\.)*[A-Z]\w*(Error|Exception)( \[\w+\])?: ",
+        # tools and compilers: "x.c:3:5: error: ...", "error[E0308]: ...", "ERROR: ...",
+        # "fatal: ...", npm's "npm error Missing script" / "npm ERR! ...", the shell's own
+        r"(?i)\berror(\[\w+\])?:|\bfatal:|^npm (error|ERR!) |ERR!|command not found$",
+        r"^(--- )?FAIL\b",  # go test, jest
+    )
+)
+# What npm, make and stack traces print around the real message.
+_NOISE = re.compile(
+    r"^npm (error|ERR!)( (code|path|command|errno|syscall|workspace|location|signal)\b"
+    r"| A complete log| Lifecycle script|\s*$)|A complete log of this run|^\s+at "
+    r"|^make(\[\d+\])?: \*\*\*|^Node\.js v\d"
+    r"|^slipway: "  # the process tree's own cleanup notes
+)
+
+
+def failure_line(lines: Sequence[str]) -> str:
+    """The output line that best explains a failure (``lines`` oldest first).
+
+    The first line of the best kind in :data:`_EXPLAINING` (a test summary, an
+    exception, an ``error:`` line...), else the last line that is not npm's or
+    make's trailer; empty when the command printed nothing.
+    """
+    useful = [line.strip() for line in lines if line.strip() and not _NOISE.search(line)]
+    for pattern in _EXPLAINING:
+        found = next((line for line in useful if pattern.search(line)), None)
+        if found is not None:
+            return found
+    return useful[-1] if useful else ""
+
+
+def exit_failure(
+    stage: str, code: int, command: str, tail: Sequence[str], redactor: Redactor
+) -> StageFailed:
+    """The failure of a command that exited non-zero: why, and its last output lines."""
+    reason = failure_line(tail)
+    hint = " (command not found)" if code == 127 else ""
+    detail = f"exit code {code}{hint} from {_short(redactor.redact(command))}"
+    return StageFailed(
+        stage,
+        detail + (f": {redactor.redact(reason)}" if reason else ""),
+        output_tail=redactor.redact("\n".join(tail)),
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes], scope: StageScope, grace: float) -> None:
@@ -158,10 +213,5 @@ def run_commands(
                 scope.terminate(grace, sink)
                 reader.join(5)
             if proc.returncode != 0:
-                last = next(
-                    (x for x in reversed(tail) if x.strip() and not x.startswith("slipway: ")), ""
-                )
-                hint = " (command not found)" if proc.returncode == 127 else ""
-                detail = f"exit code {proc.returncode}{hint} from {shown}"
-                raise StageFailed(stage, detail + (f": {redactor.redact(last)}" if last else ""))
+                raise exit_failure(stage, proc.returncode, command, tail, redactor)
     return CommandResult(0, time.monotonic() - started, redactor.redact("\n".join(tail)))

@@ -52,7 +52,7 @@ from slipway.exceptions import (
 )
 from slipway.redact import Redactor
 from slipway.spec_types import StrictModel
-from slipway.tasks.commands import TAIL_LINES, CommandResult
+from slipway.tasks.commands import TAIL_LINES, CommandResult, exit_failure
 from slipway.tasks.commands import _short as short_command  # one message shape for both
 from slipway.tasks.images import validate_image_reference
 from slipway.tasks.process_tree import cancel_requested
@@ -331,10 +331,7 @@ def run_in_container(
                 raise output.error
             code = _exec_code(client, exec_id)
             if code != 0:
-                last = next((line for line in reversed(tail) if line.strip()), "")
-                hint = " (command not found)" if code == 127 else ""
-                detail = f"exit code {code}{hint} from {short_command(redactor.redact(command))}"
-                raise StageFailed(stage, detail + (f": {redactor.redact(last)}" if last else ""))
+                raise exit_failure(stage, code, command, tail, redactor)
     except _ENGINE_ERRORS as exc:
         message = redactor.redact(str(getattr(exc, "explanation", None) or exc))
         if isinstance(exc, docker.errors.APIError):

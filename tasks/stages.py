@@ -46,6 +46,13 @@ from slipway.tasks.junit_reports import SuiteReport, collect_suite
 from slipway.tasks.quality_gate import QualityGateResult, evaluate_quality_gate
 from slipway.tasks.remote_stages import run_remote_stage
 from slipway.tasks.security_scan import ScanResult, resolve_policy, run_security_scan
+from slipway.tasks.stage_env import (
+    Handover,
+    HandoverFiles,
+    expand_env,
+    handover_folder,
+    with_handovers,
+)
 from slipway.workspace import inside
 
 CACHE_EXPIRATION = timedelta(days=14)
@@ -95,6 +102,8 @@ class StageResult:
     scan: ScanResult | None = None
     image: LocalImage | None = None
     pushed: BuiltImage | None = None
+    # PATH entries and variables for the stages that need this one (SLIPWAY_PATH_FILE...)
+    handover: Handover = field(default_factory=Handover)
 
 
 class StageFailedWithReport(StageFailed):
@@ -107,15 +116,19 @@ class StageFailedWithReport(StageFailed):
         report: SuiteReport | None = None,
         gate: QualityGateResult | None = None,
         scan: ScanResult | None = None,
+        output_tail: str = "",
     ) -> None:
-        super().__init__(stage, detail)
+        super().__init__(stage, detail, output_tail=output_tail)
         self.detail = detail
         self.report = report
         self.gate = gate
         self.scan = scan
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.stage, self.detail, self.report, self.gate, self.scan))
+        return (
+            type(self),
+            (self.stage, self.detail, self.report, self.gate, self.scan, self.output_tail),
+        )
 
 
 def find_reports(stage: Stage, workspace: Path) -> list[Path]:
@@ -204,7 +217,7 @@ def execute_stage(
     assert stage.run is not None, "parallel groups are scheduled by the flow"
     if stage.work_pool is not None:
         return _remote_stage(stage, ctx, log)
-    return _command_stage(stage, ctx, log)
+    return _command_stage(stage, ctx, log, upstream)
 
 
 def _remote_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
@@ -229,16 +242,28 @@ def _docker_client(ctx: StageContext) -> docker.DockerClient:
     return (ctx.docker_host or DockerHost()).get_client()
 
 
-def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str], None]):  # noqa: ANN202
+def _with_stage_env(stage: Stage, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` and the stage's own ``env``, whose ``$VAR`` values expand against it."""
+    return {**base, **expand_env(stage.env, base)}
+
+
+def _run_commands_somewhere(  # noqa: ANN202
+    stage: Stage,
+    ctx: StageContext,
+    log: Callable[[str], None],
+    upstream: Sequence[StageResult] = (),
+    files: HandoverFiles | None = None,
+):
     assert stage.run is not None
     cwd = inside(ctx.workspace, stage.dir)
     timeout = stage.timeout or ctx.default_timeout
     if stage.container is None:
+        base = with_handovers(ctx.env, [r.handover for r in upstream])
         return run_commands(
             stage.run,
             stage=stage.name,
             cwd=cwd,
-            env={**ctx.env, **stage.env},
+            env=_with_stage_env(stage, {**base, **(files.variables if files else {})}),
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -252,7 +277,7 @@ def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str]
             stage=stage.name,
             workspace=ctx.workspace,
             cwd=cwd,
-            env={**ctx.pipeline_env, **stage.env},
+            env=_with_stage_env(stage, ctx.pipeline_env),
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -261,10 +286,16 @@ def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str]
         client.close()
 
 
-def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) -> StageResult:
+def _command_stage(
+    stage: Stage,
+    ctx: StageContext,
+    log: Callable[[str], None],
+    upstream: Sequence[StageResult] = (),
+) -> StageResult:
     before = _snapshot(stage, ctx.workspace)
+    files = HandoverFiles(handover_folder(ctx.workspace, stage.name))
     try:
-        outcome = _run_commands_somewhere(stage, ctx, log)
+        outcome = _run_commands_somewhere(stage, ctx, log, upstream, files)
     except StageFailed as failure:
         try:
             report = _read_reports(stage, ctx.workspace, before)
@@ -277,7 +308,11 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
             names = ", ".join(c.id for c in report.problems[:10])
             more = f" and {len(report.problems) - 10} more" if len(report.problems) > 10 else ""
             detail = f"{len(report.problems)} test(s) failed: {names}{more}"
-        raise StageFailedWithReport(stage.name, detail, report) from None
+        raise StageFailedWithReport(
+            stage.name, detail, report, output_tail=failure.output_tail
+        ) from None
+    # a container cannot reach the files: only host stages hand over
+    handover = files.read(stage.name) if stage.container is None else Handover()
     report = _read_reports(stage, ctx.workspace, before)
     _check_report(stage, report, log)
     if report and report.problems:
@@ -293,6 +328,7 @@ def _command_stage(stage: Stage, ctx: StageContext, log: Callable[[str], None]) 
         artifacts=artifacts,
         tests=report,
         output_tail=outcome.output_tail,
+        handover=handover,
     )
 
 
@@ -314,7 +350,7 @@ def _quality_gate_stage(stage: Stage, ctx: StageContext, log: Callable[[str], No
     spec = stage.quality_gate
     assert spec is not None
     started = time.monotonic()
-    env = {**ctx.env, **stage.env}
+    env = _with_stage_env(stage, ctx.env)
     gate = evaluate_quality_gate(spec, ctx.workspace, env, ctx.redactor, log)
     verdict = _gate_verdict(gate.phase, stage, log)
     if verdict is not None:
@@ -516,4 +552,5 @@ def stage_environment(
     *, base: Mapping[str, str] | None, pipeline_env: Mapping[str, str], run_vars: Mapping[str, str]
 ) -> dict[str, str]:
     """The environment commands see: the worker's, then the pipeline's, then slipway's."""
-    return {**(os.environ if base is None else base), **pipeline_env, **run_vars}
+    base = os.environ if base is None else base
+    return {**base, **expand_env(pipeline_env, {**base, **run_vars}), **run_vars}

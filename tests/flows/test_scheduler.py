@@ -200,7 +200,7 @@ def test_parallel_group_passes_when_members_pass_and_then_dependents_run():
     assert names(w.take(8)) == ["deploy"]
 
 
-def test_skipped_group_skips_its_members_and_dependents_still_run():
+def test_skipped_group_skips_its_members_and_the_stage_after_it_still_runs():
     w = walker(GROUPED, skip={"tests": "no changed file matches tests/**"})
     pass_build(w)
 
@@ -215,7 +215,8 @@ def test_skipped_group_skips_its_members_and_dependents_still_run():
     for name in ("unit", "integration", "e2e"):
         assert w.outcomes[name].reason == "no changed file matches tests/**"
         assert w.outcomes[name].group == "tests"
-    assert names(w.take(8)) == ["deploy"]  # skipped is not failed: what needs it carries on
+    # the stage after it only follows it (no `needs:`): order, not dependency
+    assert names(w.take(8)) == ["deploy"]
 
 
 def test_skipped_members_run_the_rest_of_the_group():
@@ -272,3 +273,143 @@ def test_ordered_puts_members_right_after_their_group():
     ]
     assert w.group_of("unit") == "tests"
     assert w.group_of("deploy") is None
+
+
+CHAIN = """
+    app: demo
+    stages:
+      - {name: build, run: x}
+      - {name: docs, run: x, when: {changeset: ["docs/**"]}}
+      - {name: publish, run: x, needs: [docs]}
+      - {name: announce, run: x, needs: [publish]}
+      - {name: report, run: x, needs: [docs], run_if_needs_skipped: true}
+      - {name: later, run: x}
+    """
+
+
+def test_a_condition_skip_propagates_down_the_chain():
+    w = walker(CHAIN, skip={"docs": "when: no changed file matches docs/**"})
+    pass_build(w)
+
+    settled = w.advance()
+
+    assert [(o.name, o.status, o.reason) for o in settled] == [
+        ("docs", "skipped", "when: no changed file matches docs/**"),
+        ("publish", "skipped", "needs 'docs', which was skipped"),
+        ("announce", "skipped", "needs 'publish', which was skipped"),
+    ]
+    # report opted in with run_if_needs_skipped; later only follows report in file order
+    assert names(w.take(8)) == ["report"]
+    finish(w, "report")
+    w.advance()
+    assert names(w.take(8)) == ["later"]
+
+
+def test_a_stage_left_out_by_a_run_parameter_does_not_skip_its_dependents():
+    pipeline = parse_pipeline(textwrap.dedent(CHAIN).lstrip("\n"), "slipway.yaml")
+
+    def decide(stage: Stage) -> Decision:
+        if stage.name in ("build", "docs"):
+            return Decision(False, "not among the 'stages' parameter", propagates=False)
+        return Decision(True)
+
+    w = StageWalker(pipeline, decide)
+    assert [o.name for o in w.advance()] == ["build", "docs"]
+    assert names(w.take(8)) == ["publish", "report"]  # announce waits for publish
+
+
+def test_every_member_skipped_by_conditions_skips_the_dependents():
+    w = walker(
+        GROUPED.replace("{name: deploy, run: x}", "{name: deploy, run: x, needs: [tests]}"),
+        skip={"unit": "u", "integration": "i", "e2e": "e"},
+    )
+    pass_build(w)
+    w.advance()
+    assert w.outcomes["tests"].status == "skipped"
+    assert w.outcomes["deploy"].reason == "needs 'tests', which was skipped"
+
+
+MATRIX = """
+    app: demo
+    stages:
+      - name: test
+        matrix: {python: ["3.10", "3.11", "3.12", "3.13"]}
+        max_parallel: 2
+        run: x
+      - {name: package, run: x}
+    """
+
+
+def test_matrix_members_respect_max_parallel_and_the_group_gates_its_dependents():
+    w = walker(MATRIX)
+    w.advance()
+    assert names(w.take(8)) == ["test-3.10", "test-3.11"]  # max_parallel: 2
+    assert w.take(8) == []
+    finish(w, "test-3.10")
+    assert names(w.take(8)) == ["test-3.12"]
+    for name in ("test-3.11", "test-3.12"):
+        finish(w, name)
+    assert names(w.take(8)) == ["test-3.13"]
+    w.advance()
+    assert w.take(8) == []  # package waits for every member
+    finish(w, "test-3.13")
+    assert w.outcomes["test"].status == "passed"
+    w.advance()
+    assert names(w.take(8)) == ["package"]
+
+
+def test_matrix_fails_fast_by_default_members_not_started_do_not_start():
+    w = walker(MATRIX)
+    w.advance()
+    w.take(8)
+    finish(w, "test-3.11", "failed", "exit code 1")
+
+    settled = w.advance()
+
+    assert [(o.name, o.status, o.reason) for o in settled] == [
+        ("test-3.12", "not-run", "fail_fast: 'test-3.11' failed"),
+        ("test-3.13", "not-run", "fail_fast: 'test-3.11' failed"),
+    ]
+    assert "test" not in w.outcomes  # test-3.10 is still running: it ends on its own
+    finish(w, "test-3.10")
+    assert w.outcomes["test"].status == "failed"
+    assert w.advance()[0].reason == "needs 'test', which failed"
+
+
+def test_matrix_without_fail_fast_runs_every_member():
+    w = walker(MATRIX.replace("max_parallel: 2", "max_parallel: 2\n        fail_fast: false"))
+    w.advance()
+    w.take(8)
+    finish(w, "test-3.11", "failed", "exit code 1")
+    assert w.advance() == []
+    assert names(w.take(8)) == ["test-3.12"]
+
+
+def test_a_parallel_group_that_says_fail_fast_stops_its_waiting_members():
+    fast = GROUPED.replace(
+        "parallel:", "fail_fast: true\n        max_parallel: 1\n        parallel:"
+    )
+    w = walker(fast)
+    pass_build(w)
+    w.advance()
+    assert names(w.take(8)) == ["unit"]
+    finish(w, "unit", "failed", "exit code 1")
+    assert {(o.name, o.status) for o in w.advance()} == {
+        ("integration", "not-run"),
+        ("e2e", "not-run"),
+        ("deploy", "not-run"),
+    }
+    assert w.outcomes["tests"].status == "failed"
+
+
+def test_members_stopped_by_fail_fast_are_handed_out_even_when_nothing_follows():
+    w = walker(
+        MATRIX.replace("max_parallel: 2", "max_parallel: 1").split("      - {name: package")[0]
+    )
+    w.advance()
+    assert names(w.take(8)) == ["test-3.10"]
+    finish(w, "test-3.10", "failed", "exit code 1")
+    assert w.outcomes["test"].status == "failed"
+    assert not w.done  # the stopped members still need their task runs
+    assert [o.name for o in w.advance()] == ["test-3.11", "test-3.12", "test-3.13"]
+    assert w.done

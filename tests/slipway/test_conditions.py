@@ -139,3 +139,27 @@ def test_deep_nesting():
     other = evaluate(condition, ctx("feature/x", DRY_RUN="0"))
     assert not other.holds
     assert other.reason.startswith("allOf: anyOf: none holds (branch 'feature/x' does not match")
+
+
+@pytest.mark.parametrize(
+    ("changed", "ignore_holds", "not_changeset_holds"),
+    [
+        (["README.md", "docs/a.md"], False, False),  # docs only: both skip
+        (["README.md", "src/app.py"], True, False),  # mixed: only changeset_ignore runs
+        (["src/app.py"], True, True),  # code only: both run
+        ([], False, True),  # nothing changed: no file counts, nothing matches
+    ],
+)
+def test_changeset_ignore_is_paths_ignore_and_not_changeset_is_none_matches(
+    changed, ignore_holds, not_changeset_holds
+):
+    context = ConditionContext(branch="main", env={}, changed_files=changed)
+
+    ignore = evaluate(when(changeset_ignore=["**/*.md"]), context)
+    negated = evaluate(when(**{"not": {"changeset": ["**/*.md"]}}), context)
+
+    assert (ignore.holds, negated.holds) == (ignore_holds, not_changeset_holds)
+    if changed == ["README.md", "src/app.py"]:
+        assert ignore.reason == "src/app.py changed outside **/*.md"
+    if changed == ["README.md", "docs/a.md"]:
+        assert ignore.reason == "every changed file matches changeset_ignore **/*.md"

@@ -503,3 +503,107 @@ def test_push_image_must_name_a_build_image_stage():
     )
     assert problem.path == "stages[1].push_image.from"
     assert problem.message == "'b' is not a build_image stage"
+
+
+def test_schema_and_cross_stage_problems_come_together_in_line_order():
+    found = problems(
+        """
+        app: demo
+        stages:
+          - name: build
+            needs: [lnt]
+            run: make
+          - name: test
+            timout: 5
+            run: pytest
+          - name: push
+            push_image: {from: test}
+        """
+    )
+    assert [p.render(FILE) for p in found] == [
+        f"{FILE}:4: stages[0].needs[0]: unknown stage 'lnt' in needs",
+        f"{FILE}:7: stages[1].timout: unknown key 'timout' (did you mean 'timeout'?)",
+        f"{FILE}:10: stages[2].push_image.from: 'test' is not a build_image stage",
+    ]
+
+
+def test_hints_come_from_the_keys_valid_where_the_mistake_is():
+    found = problems(
+        """
+        app: demo
+        stages:
+          - name: build
+            run: make
+            approval: true
+            when: {brnch: main}
+        deploy:
+          environments:
+            - name: staging
+              namespace: staging
+              aproval: true
+              strategy: {rollin: {}}
+        """
+    )
+    by_path = {p.path: p.message for p in found}
+    # 'approval' is a key of an environment, not of a stage: no hint there
+    assert by_path["stages[0].approval"] == "unknown key 'approval'"
+    assert by_path["stages[0].when.brnch"] == "unknown key 'brnch' (did you mean 'branch'?)"
+    assert by_path["deploy.environments[0].aproval"].endswith("(did you mean 'approval'?)")
+    assert by_path["deploy.environments[0].strategy.rollin"].endswith("(did you mean 'rolling'?)")
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("runs-on", "use 'work_pool'"),
+        ("agent", "use 'work_pool'"),
+        ("strategy", "a stage takes 'matrix' directly"),
+        ("steps", "go in 'run'"),
+        ("script", "go in 'run'"),
+        ("uses", "write the commands in 'run'"),
+        ("with", "in the section of a built-in stage"),
+        ("if", "use 'when'"),
+        ("stage", "order them with 'needs'"),
+    ],
+)
+def test_keys_from_other_ci_systems_say_what_slipway_uses(key: str, says: str):
+    problem = only_problem(f"app: demo\nstages:\n  - name: a\n    run: x\n    {key}: 1\n")
+    assert (problem.path, problem.line) == (f"stages[0].{key}", 5)
+    assert problem.message.startswith(f"unknown key {key!r}: ") and says in problem.message
+    assert "did you mean" not in problem.message
+
+
+def test_jobs_at_the_top_says_stages():
+    found = problems("app: demo\njobs: {}\nstages: [{name: a, run: x}]\n")
+    assert [p.message for p in found] == [
+        "unknown key 'jobs': the stages of a pipeline go under 'stages'"
+    ]
+
+
+def test_the_readmes_validate_example_is_what_slipway_prints():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("`slipway validate [FILE ...]` checks a file") :]
+    blocks = section.split("```")
+    yaml_text = blocks[1].removeprefix("yaml\n")
+    printed = blocks[3].strip("\n")
+
+    with pytest.raises(SpecError) as caught:
+        parse_pipeline(yaml_text, "slipway.yaml")
+
+    assert str(caught.value) == printed
+
+
+def test_the_readmes_pipeline_file_is_valid_and_its_matrix_expands_as_described():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## The pipeline file") :]
+    yaml_text = section.split("```")[1].removeprefix("yaml\n")
+
+    pipeline = parse_pipeline(yaml_text, "slipway.yaml")
+
+    compat = pipeline.stage("compat")
+    assert [m.name for m in compat.parallel or []] == [
+        "compat-3.11",
+        "compat-3.12",
+        "compat-3.13-true",
+    ]
+    assert compat.fail_fast is True
