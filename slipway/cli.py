@@ -81,9 +81,8 @@ def _run_pipeline(
         for stage in report.stages:
             indent = "    " if stage.group else "  "
             note = f"  {stage.reason}" if stage.reason else ""
-            print(
-                f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{note}"
-            )
+            line = f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds_text:>9}"
+            print(line + note)
         for env in report.environments:
             note = f"  {env.reason}" if env.reason else ""
             print(

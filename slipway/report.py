@@ -42,10 +42,20 @@ class StageOutcome:
     # the stage's own work (its commands, the build, the scan) without orchestration;
     # ``seconds`` is the wall time from submission to end
     own_seconds: float | None = None
+    # a reused stage: what it took when it ran (``seconds`` is what reusing took now)
+    original_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.status in ("passed", "cached", "skipped")
+
+    @property
+    def seconds_text(self) -> str:
+        """``0.12 s``, or for a reused stage ``0.12 s (ran 4.55 s)``: now, then."""
+        text = f"{self.seconds:.2f} s"
+        if self.original_seconds is not None:
+            text += f" (ran {self.original_seconds:.2f} s)"
+        return text
 
 
 DeployStatus = Literal[
@@ -134,10 +144,10 @@ def summary_markdown(report: PipelineReport) -> str:
             "",
             f"**Failed stage `{report.failed_stage}`**: {_cell(report.reason or '', 500)}",
         ]
-    lines += ["", "| stage | status | seconds | note |", "|---|---|---:|---|"]
+    lines += ["", "| stage | status | time | note |", "|---|---|---:|---|"]
     for s in report.stages:
         name = f"↳ {s.name}" if s.group else s.name
-        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds:.2f} | {_cell(s.reason)} |")
+        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds_text} | {_cell(s.reason)} |")
     if report.environments:
         lines += ["", "| environment | status | seconds | revision | approver | note |"]
         lines.append("|---|---|---:|---:|---|---|")

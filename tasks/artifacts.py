@@ -45,6 +45,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def matched_files(stage: str, workspace: Path, pattern: str, what: str) -> list[tuple[str, Path]]:
+    """(relative path, path) of every regular file a glob matches; none, or a symlink
+    leading out of the workspace, fails the stage naming ``what`` the glob was for."""
+    matches = sorted(
+        glob.glob(pattern, root_dir=workspace, flags=glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE)
+    )
+    files = [m for m in matches if (workspace / m).is_file()]
+    if not files:
+        raise StageFailed(stage, f"{what} pattern {pattern!r} matched no file")
+    found = []
+    for relative in files:
+        try:
+            found.append((relative, inside(workspace, relative)))
+        except UnsafeInputError as exc:
+            raise StageFailed(stage, f"{what} {relative!r}: {exc}") from None
+    return found
+
+
 def archive_artifacts(
     stage: str, workspace: Path, patterns: Sequence[str], store: Path | None = None
 ) -> tuple[ArchivedFile, ...]:
@@ -52,17 +70,7 @@ def archive_artifacts(
     store = store or artifact_store()
     archived: list[ArchivedFile] = []
     for pattern in patterns:
-        matches = sorted(
-            glob.glob(pattern, root_dir=workspace, flags=glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE)
-        )
-        files = [m for m in matches if (workspace / m).is_file()]
-        if not files:
-            raise StageFailed(stage, f"artifact pattern {pattern!r} matched no file")
-        for relative in files:
-            try:
-                source = inside(workspace, relative)  # refuses symlinks pointing outside
-            except UnsafeInputError as exc:
-                raise StageFailed(stage, f"artifact {relative!r}: {exc}") from None
+        for relative, source in matched_files(stage, workspace, pattern, "artifact"):
             digest = sha256_file(source)
             target = store / digest
             if not target.exists():
