@@ -426,7 +426,10 @@ async def pipeline(
     base: Annotated[
         str | None, Field(description="Base commit for changesets (default: the parent).")
     ] = None,
-    stages: Annotated[list[str] | None, Field(description="Run only these stages.")] = None,
+    stages: Annotated[
+        list[str] | None,
+        Field(description="Run only these stages and what they need (cached, else run)."),
+    ] = None,
     skip_stages: Annotated[list[str] | None, Field(description="Stages to skip.")] = None,
     env: Annotated[
         dict[str, str] | None, Field(description="Extra pipeline environment variables.")
@@ -467,7 +470,9 @@ async def pipeline(
         branch: branch to build (default: the repository's default branch).
         commit: tag or full SHA to build instead of the branch head.
         base: base commit for changesets (default: the commit's parent).
-        stages: run only these stages (the others show as skipped).
+        stages: run only these stages and the stages they need, directly or not (those
+            are reused from the cache when there, else they run); the others show as
+            skipped.
         skip_stages: stages to skip.
         env: extra pipeline environment variables.
         notifier: SlackNotifier block name.

@@ -269,7 +269,9 @@ class PipelineOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     only: list[str] | None = Field(
-        default=None, description="Run only these stages (others show as skipped)."
+        default=None,
+        description="Run only these stages and what they need (slipway/stage_selection.py); "
+        "others show as skipped.",
     )
     skip: list[str] = Field(default_factory=list, description="Stages to skip.")
     env: EnvMap = Field(default_factory=dict, description="Variables added to the pipeline env.")
