@@ -215,7 +215,8 @@ def restore_changes(
         versions = _versions_of(workspace)
         for entry in entries:
             versions[entry.path] = max(versions.get(entry.path, 0.0), changes.finished_at)
-    return Restored(changes.files, written, round(time.monotonic() - started, 3))
+    files = sum(1 for e in entries if e.kind != "absent")
+    return Restored(files, written, round(time.monotonic() - started, 3))
 
 
 def restore_reused(
