@@ -318,7 +318,10 @@ def save_caches(
         if lookup.outcome.status == "hit":
             outcomes.append(lookup.outcome)
             continue
-        saved = _save(stage, lookup, roots, scope, store)
+        try:
+            saved = _save(stage, lookup, roots, scope, store)
+        except OSError as exc:  # a cache that cannot be written never fails a passed stage
+            saved = f"not saved: {exc}"
         log(f"dependency cache {lookup.key}: {saved}")
         outcomes.append(DependencyCacheOutcome(**{**lookup.outcome.__dict__, "saved": saved}))
     return tuple(outcomes)

@@ -120,6 +120,8 @@ def snapshot(root: Path, start: str = "", *, exclude: Iterable[str] = ()) -> Sna
                         pending.append(name)
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except PermissionError:
+            found[relative] = PathState("other", 0)  # unreadable: it cannot be stored
     return found
 
 

@@ -123,7 +123,10 @@ def begin_capture(workspace: Path, attempt_key: str) -> None:
     with _lock:
         if ident in _open:
             return
-    before = snapshot(workspace, exclude=EXCLUDED)
+    try:
+        before = snapshot(workspace, exclude=EXCLUDED)
+    except OSError:
+        return  # no snapshot: the result will say so and not be reused
     with _lock:
         _open.setdefault(ident, _OpenCapture(before))
 
@@ -143,21 +146,27 @@ def finish_capture(
     if capture is None:
         return WorkspaceChanges(None, why_not="no snapshot was taken before the stage")
     store = store or artifact_store()
-    after = snapshot(workspace, exclude=EXCLUDED)
+    try:
+        after = snapshot(workspace, exclude=EXCLUDED)
+    except OSError as exc:
+        abandon_capture(workspace, attempt_key)
+        return WorkspaceChanges(None, why_not=f"the workspace could not be read: {exc}")
     changes = diff(capture.before, after)
     finished_at = time.time()
     with _lock:
         _open.pop(ident, None)
         stale = {p for p in capture.seen_elsewhere if p not in after and p not in capture.before}
-        for other in _open.values():
-            other.seen_elsewhere.update(changes.present)
+        for (other_workspace, _key), other in _open.items():
+            if other_workspace == ident[0]:
+                other.seen_elsewhere.update(changes.present)
         versions = _versions_of(workspace)
         for path in (*changes.present, *changes.absent, *stale):
             versions[path] = finished_at
     if changes.unsupported:
         return WorkspaceChanges(
             None,
-            why_not=f"{changes.unsupported[0]} is neither a file, a folder nor a symlink",
+            why_not=f"{changes.unsupported[0]} cannot be stored (not a file, folder or "
+            "symlink, or an unreadable folder)",
         )
     if stale:
         changes = type(changes)(changes.present, tuple(sorted({*changes.absent, *stale})), ())
@@ -167,7 +176,10 @@ def finish_capture(
         return WorkspaceChanges(
             None, why_not=f"its changes take {size} bytes, over {MAX_BYTES_ENV}={limit}"
         )
-    entries = entries_for(workspace, changes, after, store)
+    try:
+        entries = entries_for(workspace, changes, after, store)
+    except OSError as exc:  # an unreadable file, a full disk: the result stands, not reusable
+        return WorkspaceChanges(None, why_not=f"its changes could not be stored: {exc}")
     return WorkspaceChanges(
         save_tree(entries, store),
         files=sum(1 for e in entries if e.kind != "absent"),
