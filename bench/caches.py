@@ -6,7 +6,9 @@
    as the pipeline captures it; then the same for a second "commit" with the same
    content (what a re-run or a docs-only commit adds to the store), and the restore of
    every capture into a fresh checkout (what a fully cached re-run spends).
-2. An install stage on a real Node project (``chalk`` 4 and ``ms``, seven packages
+2. A ``setup`` stage making a virtualenv with pip: what one takes in the store, how
+   long capture and restore take, and whether the restored venv works.
+3. An install stage on a real Node project (``chalk`` 4 and ``ms``, seven packages
    from the npm registry): ``npm ci`` in a fresh workspace and HOME, without a
    dependency cache and on a cache hit (``node_modules`` and ``~/.npm`` restored).
 
@@ -134,6 +136,38 @@ def measure_workspace_capture(work: Path) -> dict[str, Any]:
     }
 
 
+def measure_venv(work: Path) -> dict[str, Any]:
+    """A `setup` stage's typical output: ``python -m venv .venv`` (with pip)."""
+    store = work / "venv-store"
+    store.mkdir()
+    workspace = work / "venv-ws"
+    workspace.mkdir()
+    begin_capture(workspace, "setup")
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "venv", ".venv"], cwd=workspace, check=True)
+    stage_seconds = time.monotonic() - started
+    started = time.monotonic()
+    changes = finish_capture(workspace, "setup", store=store)
+    capture_seconds = time.monotonic() - started
+    fresh = work / "venv-restored"
+    fresh.mkdir()
+    restored = restore_changes(changes, fresh, store=store)
+    works = subprocess.run(
+        [str(fresh / ".venv" / "bin" / "python"), "-m", "pip", "--version"],
+        capture_output=True,
+        check=False,
+    )
+    return {
+        "stage_seconds": round(stage_seconds, 2),
+        "files": changes.files,
+        "bytes": changes.bytes,
+        "store_bytes": _du(store),
+        "capture_seconds": round(capture_seconds, 3),
+        "restore_seconds": restored.seconds,
+        "restored_venv_runs_pip": works.returncode == 0,
+    }
+
+
 def _npm(workspace: Path, home: Path) -> float:
     env = {
         **os.environ,
@@ -192,7 +226,7 @@ def measure_npm(work: Path, repeat: int) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    ws, npm = results["workspace_capture"], results["npm"]
+    ws, npm, venv = results["workspace_capture"], results["npm"], results["venv"]
     lines = [
         "# Cache measurements (`python -m bench.caches`)",
         "",
@@ -216,6 +250,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"run of the same content: {ws['store_bytes_added_by_second_run']} bytes",
         f"- restoring every stage into a fresh checkout: {ws['restored_files']} files in "
         f"{ws['restore_all_seconds']} s",
+        "",
+        "## A `setup` stage's `python -m venv .venv` (with pip), captured and restored",
+        "",
+        f"- the stage: {venv['stage_seconds']} s; {venv['files']} files and folders, "
+        f"{venv['bytes']} bytes; {venv['store_bytes']} bytes in the store",
+        f"- capture (snapshot after, hash and store): {venv['capture_seconds']} s; restore "
+        f"into an empty workspace: {venv['restore_seconds']} s; the restored venv runs pip: "
+        f"{venv['restored_venv_runs_pip']}",
         "",
         f"## `npm ci`, {npm['packages']} packages (chalk 4, ms), fresh workspace and HOME",
         "",
@@ -244,6 +286,7 @@ def main() -> None:
         results = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "workspace_capture": measure_workspace_capture(work / "ws"),
+            "venv": measure_venv(work),
             "npm": measure_npm(work, args.repeat),
         }
     RESULTS.mkdir(exist_ok=True)
