@@ -17,6 +17,7 @@ from pathlib import Path
 from wcmatch import glob
 
 from slipway.exceptions import StageFailed, UnsafeInputError
+from slipway.tasks.file_trees import keep_alive
 from slipway.workspace import inside, slipway_home
 
 _CHUNK = 1024 * 1024
@@ -73,7 +74,9 @@ def archive_artifacts(
         for relative, source in matched_files(stage, workspace, pattern, "artifact"):
             digest = sha256_file(source)
             target = store / digest
-            if not target.exists():
+            if target.exists():
+                keep_alive(target)  # a newer result names it: prune_store must keep it
+            else:
                 partial = target.with_suffix(f".{os.getpid()}.part")
                 shutil.copyfile(source, partial)
                 partial.replace(target)

@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -174,6 +175,7 @@ def store_file(source: Path, store: Path) -> tuple[str, int]:
         target = store / digest.hexdigest()
         if target.exists():
             os.unlink(partial)
+            keep_alive(target)
         else:
             os.replace(partial, target)
     except BaseException:
@@ -186,12 +188,48 @@ def store_file(source: Path, store: Path) -> tuple[str, int]:
 def store_bytes(data: bytes, store: Path) -> str:
     digest = hashlib.sha256(data).hexdigest()
     target = store / digest
-    if not target.exists():
+    if target.exists():
+        keep_alive(target)
+    else:
         handle, partial = tempfile.mkstemp(dir=store, prefix=".part-")
         with os.fdopen(handle, "wb") as writer:
             writer.write(data)
         os.replace(partial, target)
     return digest
+
+
+def keep_alive(blob: Path) -> None:
+    """Mark a stored blob as used now, so :func:`prune_store` keeps it: every blob is at
+    least as recent as the newest result that names it."""
+    try:
+        os.utime(blob)
+    except FileNotFoundError:
+        pass
+
+
+def prune_store(store: Path, max_age_seconds: float, *, every_seconds: float = 86400) -> int:
+    """Delete blobs unused for ``max_age_seconds``, at most once per ``every_seconds``
+    (a marker file remembers the last pass); returns how many were deleted."""
+    marker = store / ".pruned"
+    now = time.time()
+    try:
+        if now - marker.stat().st_mtime < every_seconds:
+            return 0
+    except FileNotFoundError:
+        pass
+    marker.touch()
+    deleted = 0
+    with os.scandir(store) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if now - entry.stat().st_mtime > max_age_seconds:
+                    os.unlink(entry.path)
+                    deleted += 1
+            except FileNotFoundError:
+                continue
+    return deleted
 
 
 def entries_for(
@@ -283,6 +321,7 @@ def apply_tree(entries: list[TreeEntry], root: Path, store: Path) -> int:
         os.close(handle)
         try:
             shutil.copyfile(store / entry.sha256, partial)
+            keep_alive(store / entry.sha256)
             os.chmod(partial, entry.mode)
             os.replace(partial, target)
         except BaseException:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from slipway.tasks.quality_gate import QualityGateResult, evaluate_quality_gate
 from slipway.tasks.remote_stages import run_remote_stage
 from slipway.tasks.security_scan import ScanResult, resolve_policy, run_security_scan
 from slipway.tasks.workspace_capture import (
+    RESULT_LIFETIME,
     WorkspaceChanges,
     abandon_capture,
     begin_capture,
@@ -61,7 +62,7 @@ from slipway.tasks.workspace_capture import (
 )
 from slipway.workspace import inside
 
-CACHE_EXPIRATION = timedelta(days=14)
+CACHE_EXPIRATION = RESULT_LIFETIME  # the stored workspace changes live as long
 # Prefect's own timeout is the backstop; the command runner kills the process
 # group at the stage timeout itself and reports it first.
 PREFECT_TIMEOUT_MARGIN_SECONDS = 5.0

@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from slipway.exceptions import StageFailed
@@ -47,11 +48,16 @@ from slipway.tasks.file_trees import (
     diff,
     entries_for,
     load_tree,
+    prune_store,
     save_tree,
     snapshot,
 )
 
 EXCLUDED = (".git",)  # the checkout's own metadata is not a stage output
+# how long a stage result may be reused (Prefect's cache expiration for stage tasks);
+# a stored blob no result has named for longer (plus a day) is deleted, once a day
+RESULT_LIFETIME = timedelta(days=14)
+_UNUSED_BLOB_SECONDS = (RESULT_LIFETIME + timedelta(days=1)).total_seconds()
 MAX_BYTES_ENV = "SLIPWAY_CAPTURE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 4 * 1024**3
 
@@ -176,6 +182,7 @@ def finish_capture(
         return WorkspaceChanges(
             None, why_not=f"its changes take {size} bytes, over {MAX_BYTES_ENV}={limit}"
         )
+    prune_store(store, _UNUSED_BLOB_SECONDS)
     try:
         entries = entries_for(workspace, changes, after, store)
     except OSError as exc:  # an unreadable file, a full disk: the result stands, not reusable

@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from slipway.tasks.file_trees import TreeEntry, apply_tree, load_tree, save_tree, snapshot
+from slipway.tasks.file_trees import (
+    TreeEntry,
+    apply_tree,
+    load_tree,
+    prune_store,
+    save_tree,
+    snapshot,
+    store_bytes,
+)
 from slipway.tasks.workspace_capture import (
     CannotRestore,
     WorkspaceChanges,
@@ -171,3 +180,17 @@ def test_changes_record_type_changes_and_folder_deletions(tmp_path):
     entries = {e.path: e.kind for e in load_tree(changes.tree or "", tmp_path)}
     assert entries == {"build": "absent", "link": "dir"}  # only the top of the deleted folder
     assert isinstance(changes, WorkspaceChanges)
+
+
+def test_blobs_no_result_named_for_the_result_lifetime_are_pruned_once_a_day(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    old, reused = store_bytes(b"old", store), store_bytes(b"reused", store)
+    month_ago = time.time() - 30 * 86400
+    for name in (old, reused):
+        os.utime(store / name, (month_ago, month_ago))
+    assert store_bytes(b"reused", store) == reused  # named again by a new result: kept alive
+    assert prune_store(store, 15 * 86400) == 1
+    assert sorted(p.name for p in store.iterdir() if p.name[0] != ".") == [reused]
+    os.utime(store / reused, (month_ago, month_ago))
+    assert prune_store(store, 15 * 86400) == 0  # the next pass waits a day
