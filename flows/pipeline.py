@@ -15,8 +15,10 @@ import concurrent.futures
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,7 +47,7 @@ from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, summary_markdown
 from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
-from slipway.tasks.artifacts import restore_artifacts
+from slipway.stage_selection import with_needs
 from slipway.tasks.checkout import DEFAULT_BRANCH, CheckoutResult, checkout
 from slipway.tasks.flaky_history import record_flaky_tests
 from slipway.tasks.junit_reports import summary_markdown as tests_markdown
@@ -62,6 +64,7 @@ from slipway.tasks.stages import (
     stage_environment,
     stage_task,
 )
+from slipway.tasks.workspace_capture import CannotRestore, restore_reused
 from slipway.workspace import (
     build_number_for_run,
     default_results_path,
@@ -162,6 +165,7 @@ async def _run_stages(
     keys: dict[str, str] = {}
     results: dict[str, StageResult] = {}
     running: dict[concurrent.futures.Future[Any], tuple[Stage, PrefectFuture[Any], float]] = {}
+    rerun: dict[str, Callable[[], PrefectFuture[Any]]] = {}
 
     def needed(stage: Stage) -> list[str]:
         """Every stage this one needs, directly or not, in file order."""
@@ -214,6 +218,10 @@ async def _run_stages(
             key = key if stage.cacheable else f"{key}-run-{run_id}"
             future = stage_run.submit(stage, context, key, upstream)
             running[future.wrapped_future] = (stage, future, time.monotonic())
+            # if a cached result's workspace changes cannot be put back: run it instead
+            rerun[stage.name] = partial(
+                stage_run.with_options(refresh_cache=True).submit, stage, context, key, upstream
+            )
         if not running:
             if walker.done or cancel_requested():
                 break
@@ -229,15 +237,36 @@ async def _run_stages(
             if state.is_completed():
                 result: StageResult = await state.aresult()
                 cached = state.name == "Cached"
+                note = "; ".join(c.note() for c in result.dependency_caches)
                 if cached:
-                    restored = restore_artifacts(result.artifacts, checkout_result.workspace)
+                    try:
+                        restored = await asyncio.to_thread(
+                            restore_reused,
+                            getattr(result, "workspace", None),  # None: an older result
+                            result.artifacts,
+                            checkout_result.workspace,
+                        )
+                    except CannotRestore as why:
+                        logger.warning(
+                            "stage %s: cached result not reused, running it again: %s",
+                            stage.name,
+                            why,
+                        )
+                        future = rerun.pop(stage.name)()
+                        running[future.wrapped_future] = (stage, future, started)
+                        continue
+                    note = f"reused from an earlier run; {restored.files} file(s) restored"
                     logger.info(
                         "stage %s: cached result reused (same commit %s, stage spec and inputs); "
-                        "not rerun, %d archived file(s) restored",
+                        "not rerun, its workspace changes restored (%d file(s), %d bytes, "
+                        "%.2f s)",
                         stage.name,
                         checkout_result.short_sha,
-                        restored,
+                        restored.files,
+                        restored.bytes,
+                        restored.seconds,
                     )
+                    elapsed = round(time.monotonic() - started, 3)
                 if result.cache_key and stage.cacheable:
                     keys[stage.name] = result.cache_key
                 results[stage.name] = result
@@ -245,8 +274,8 @@ async def _run_stages(
                     StageOutcome(
                         stage.name,
                         "cached" if cached else "passed",
-                        result.seconds if cached else elapsed,
-                        "reused from an earlier run" if cached else "",
+                        elapsed,
+                        note,
                         group,
                         result.artifacts,
                         result.tests,
@@ -255,6 +284,7 @@ async def _run_stages(
                         result.image,
                         result.pushed,
                         result.seconds,
+                        original_seconds=result.seconds if cached else None,
                     )
                 )
             else:
@@ -409,7 +439,10 @@ async def pipeline(
     base: Annotated[
         str | None, Field(description="Base commit for changesets (default: the parent).")
     ] = None,
-    stages: Annotated[list[str] | None, Field(description="Run only these stages.")] = None,
+    stages: Annotated[
+        list[str] | None,
+        Field(description="Run only these stages and what they need (cached, else run)."),
+    ] = None,
     skip_stages: Annotated[list[str] | None, Field(description="Stages to skip.")] = None,
     env: Annotated[
         dict[str, str] | None, Field(description="Extra pipeline environment variables.")
@@ -455,7 +488,9 @@ async def pipeline(
         branch: branch to build (default: the repository's default branch).
         commit: tag or full SHA to build instead of the branch head.
         base: base commit for changesets (default: the commit's parent).
-        stages: run only these stages (the others show as skipped).
+        stages: run only these stages and the stages they need, directly or not (those
+            are reused from the cache when there, else they run); the others show as
+            skipped.
         skip_stages: stages to skip.
         env: extra pipeline environment variables.
         notifier: SlackNotifier block name.
@@ -533,11 +568,21 @@ async def pipeline(
             docker_host=docker_host,
             build_spec_of={s.name: s.build_image for s in spec.all_stages() if s.build_image},
             repository=repository,
+            branch=branch_name,
+            default_branch=repo.default_branch,
         )
         conditions = ConditionContext(
             branch=branch_name, env=context.env, changed_files=result.changed_files
         )
-        walker = StageWalker(spec, _decider(spec, overrides, conditions))
+        selected = with_needs(spec, overrides)
+        if selected.only != overrides.only:
+            added = [n for n in selected.only or [] if n not in (overrides.only or [])]
+            logger.info(
+                "stages %s need %s: those come from the cache when there, else they run",
+                ", ".join(overrides.only or []),
+                ", ".join(added),
+            )
+        walker = StageWalker(spec, _decider(spec, selected, conditions))
         await _run_stages(spec, walker, result, context, pipeline_env, refresh_cache, run_id)
         outcomes = walker.ordered()
         failed = next(

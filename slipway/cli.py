@@ -222,7 +222,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--branch", help="branch to build (default: the repository's)")
     parser.add_argument("--commit", help="tag or full SHA to build")
     parser.add_argument("--base", help="base commit for changesets")
-    parser.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    parser.add_argument(
+        "--stage", action="append", help="run only this stage and what it needs (repeatable)"
+    )
     parser.add_argument("--skip", action="append", help="skip this stage (repeatable)")
     parser.add_argument("--env", action="append", metavar="NAME=VALUE", help="pipeline env")
     parser.add_argument("--notifier", help="SlackNotifier block name")

@@ -45,10 +45,20 @@ class StageOutcome:
     own_seconds: float | None = None
     # a failed command's last output lines (redacted), for the summary artifact
     output_tail: str = ""
+    # a reused stage: what it took when it ran (``seconds`` is what reusing took now)
+    original_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.status in ("passed", "cached", "skipped")
+
+    @property
+    def seconds_text(self) -> str:
+        """``0.12 s``, or for a reused stage ``0.12 s (ran 4.55 s)``: now, then."""
+        text = f"{self.seconds:.2f} s"
+        if self.original_seconds is not None:
+            text += f" (ran {self.original_seconds:.2f} s)"
+        return text
 
 
 DeployStatus = Literal[
@@ -127,7 +137,7 @@ def stage_line(stage: StageOutcome) -> str:
     counts = f"  [{stage.tests.counts_text()}]" if stage.tests is not None else ""
     note = f"  {stage.reason}" if stage.reason else ""
     return (
-        f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds:7.2f} s{counts}{note}"
+        f"{indent}{stage.name:<18} {ICONS[stage.status]:<12} {stage.seconds_text:>9}{counts}{note}"
     )
 
 
@@ -148,11 +158,11 @@ def summary_markdown(report: PipelineReport) -> str:
             "",
             f"**Failed stage `{report.failed_stage}`**: {_cell(report.reason or '', 500)}",
         ]
-    lines += ["", "| stage | status | seconds | note |", "|---|---|---:|---|"]
+    lines += ["", "| stage | status | time | note |", "|---|---|---:|---|"]
     for s in report.stages:
         name = f"↳ {s.name}" if s.group else s.name
         note = "; ".join(p for p in (s.tests.counts_text() if s.tests else "", s.reason) if p)
-        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds:.2f} | {_cell(note)} |")
+        lines.append(f"| {name} | {ICONS[s.status]} | {s.seconds_text} | {_cell(note)} |")
     if report.environments:
         lines += ["", "| environment | status | seconds | revision | approver | note |"]
         lines.append("|---|---|---:|---:|---|---|")

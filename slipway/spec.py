@@ -30,6 +30,7 @@ from slipway.spec_types import (  # noqa: F401  (re-exported for stage spec modu
     StrList,
 )
 from slipway.tasks.containers import ContainerSpec
+from slipway.tasks.dependency_cache import DependencyCaches
 from slipway.tasks.images import ImageBuildSpec
 from slipway.tasks.quality_gate import QualityGateSpec
 from slipway.tasks.security_scan import SecurityScanSpec
@@ -182,7 +183,14 @@ class Stage(StrictModel):
         "(default false: a suite that ran nothing is broken).",
     )
     cache: bool = Field(
-        default=True, description="Reuse the result for the same commit, spec and inputs."
+        default=True,
+        description="Reuse the result for the same commit, spec and inputs (its workspace "
+        "changes are put back).",
+    )
+    dependency_cache: DependencyCaches = Field(
+        default_factory=list,
+        description="Folders restored before the commands and saved after, keyed on lock "
+        "files, across commits and branches (tasks/dependency_cache.py); one or a list.",
     )
     allow_inconclusive: bool = Field(
         default=False,
@@ -215,6 +223,20 @@ class Stage(StrictModel):
             self.matrix is None and self.parallel is None
         ):
             raise ValueError("'fail_fast' and 'max_parallel' go with 'matrix' or 'parallel' only")
+        if self.dependency_cache:
+            if self.run is None:
+                raise ValueError("'dependency_cache' goes with 'run' only")
+            if self.work_pool is not None:
+                raise ValueError(
+                    "'dependency_cache' cannot be used on a 'work_pool' stage: the cache is "
+                    "on this machine"
+                )
+            home_paths = [p for c in self.dependency_cache for p in c.paths if p[0] == "~"]
+            if self.container is not None and home_paths:
+                raise ValueError(
+                    f"dependency_cache path {home_paths[0]!r}: '~' is the worker's HOME, not "
+                    "the container's; cache a workspace path in a container stage"
+                )
         if self.allow_inconclusive and self.kind not in ("quality_gate", "security_scan"):
             raise ValueError("'allow_inconclusive' goes with quality_gate or security_scan only")
         if self.parallel is not None:
@@ -297,7 +319,9 @@ class PipelineOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     only: list[str] | None = Field(
-        default=None, description="Run only these stages (others show as skipped)."
+        default=None,
+        description="Run only these stages and what they need (slipway/stage_selection.py); "
+        "others show as skipped.",
     )
     skip: list[str] = Field(default_factory=list, description="Stages to skip.")
     env: EnvMap = Field(default_factory=dict, description="Variables added to the pipeline env.")

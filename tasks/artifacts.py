@@ -40,6 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from wcmatch import glob
 
 from slipway.exceptions import StageFailed, UnsafeInputError
+from slipway.tasks.file_trees import keep_alive
 from slipway.workspace import inside, slipway_home
 
 _CHUNK = 1024 * 1024
@@ -136,7 +137,7 @@ def _store_copy(fd: int, store: Path) -> str:
                 sink.write(chunk)
         target = store / digest.hexdigest()
         if target.exists():
-            os.utime(target)  # used again: its age starts over
+            keep_alive(target)  # used again: its age starts over (prune_store keeps it too)
             partial.unlink()
         else:
             partial.replace(target)
@@ -164,6 +165,24 @@ def _store_bytes(store: Path) -> int:
     return sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(store))
 
 
+def matched_files(stage: str, workspace: Path, pattern: str, what: str) -> list[tuple[str, Path]]:
+    """(relative path, path) of every regular file a glob matches; none, or a symlink
+    leading out of the workspace, fails the stage naming ``what`` the glob was for."""
+    matches = sorted(
+        glob.glob(pattern, root_dir=workspace, flags=glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE)
+    )
+    files = [m for m in matches if (workspace / m).is_file()]
+    if not files:
+        raise StageFailed(stage, f"{what} pattern {pattern!r} matched no file")
+    found = []
+    for relative in files:
+        try:
+            found.append((relative, inside(workspace, relative)))
+        except UnsafeInputError as exc:
+            raise StageFailed(stage, f"{what} {relative!r}: {exc}") from None
+    return found
+
+
 def archive_artifacts(
     stage: str,
     workspace: Path,
@@ -183,13 +202,7 @@ def archive_artifacts(
     settings = settings or ArtifactSettings()
     matched: list[str] = []
     for pattern in patterns:
-        matches = sorted(
-            glob.glob(pattern, root_dir=workspace, flags=glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE)
-        )
-        files = [m for m in matches if (workspace / m).is_file()]
-        if not files:
-            raise StageFailed(stage, f"artifact pattern {pattern!r} matched no file")
-        matched += files
+        matched += [rel for rel, _ in matched_files(stage, workspace, pattern, "artifact")]
 
     opened: list[tuple[str, int, os.stat_result]] = []
     try:

@@ -14,14 +14,16 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 from prefect import Task, task
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled
 from prefect.transactions import get_transaction
@@ -34,6 +36,12 @@ from slipway.spec import Stage
 from slipway.tasks.artifacts import ArchivedFile, archive_artifacts
 from slipway.tasks.commands import run_commands
 from slipway.tasks.containers import run_in_container
+from slipway.tasks.dependency_cache import (
+    CacheRoots,
+    DependencyCacheOutcome,
+    restore_caches,
+    save_caches,
+)
 from slipway.tasks.images import (
     BuiltImage,
     ImageBuildSpec,
@@ -53,9 +61,17 @@ from slipway.tasks.stage_env import (
     handover_folder,
     with_handovers,
 )
+from slipway.tasks.workspace_capture import (
+    RESULT_LIFETIME,
+    WorkspaceChanges,
+    abandon_capture,
+    begin_capture,
+    finish_capture,
+    no_changes,
+)
 from slipway.workspace import inside
 
-CACHE_EXPIRATION = timedelta(days=14)
+CACHE_EXPIRATION = RESULT_LIFETIME  # the stored workspace changes live as long
 # Prefect's own timeout is the backstop; the command runner kills the process
 # group at the stage timeout itself and reports it first.
 PREFECT_TIMEOUT_MARGIN_SECONDS = 5.0
@@ -86,6 +102,10 @@ class StageContext:
     # how a stage runner on another machine gets the code: the pipeline's `repository`
     # parameter (an AppRepository block name, or a URL without credentials)
     repository: str = ""
+    # dependency caches are saved under the run's branch and restored from it or the
+    # repository's default branch (GitHub's actions/cache scoping)
+    branch: str = ""
+    default_branch: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,9 @@ class StageResult:
     pushed: BuiltImage | None = None
     # PATH entries and variables for the stages that need this one (SLIPWAY_PATH_FILE...)
     handover: Handover = field(default_factory=Handover)
+    # what the stage did to the workspace, put back when the result is reused
+    workspace: WorkspaceChanges | None = None
+    dependency_caches: tuple[DependencyCacheOutcome, ...] = ()
 
 
 class StageFailedWithReport(StageFailed):
@@ -491,22 +514,63 @@ def cache_key(
     return f"slipway-stage-{stage.name}-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
+def _with_dependency_caches(
+    stage: Stage, ctx: StageContext, log: Callable[[str], None], run: Callable[[], StageResult]
+) -> StageResult:
+    """Restore the stage's dependency caches, run it, save the caches that missed."""
+    if not stage.dependency_cache:
+        return run()
+    home = {**ctx.env, **stage.env}.get("HOME")
+    roots = CacheRoots(ctx.workspace, Path(home) if home and os.path.isabs(home) else None)
+    scopes = list(dict.fromkeys(s for s in (ctx.branch, ctx.default_branch)))
+    lookups = restore_caches(stage.name, stage.dependency_cache, roots, scopes, log)
+    result = run()
+    outcomes = save_caches(stage.name, lookups, roots, ctx.branch, log)
+    return StageResult(**{**result.__dict__, "dependency_caches": outcomes})
+
+
+def _attempt() -> tuple[str, bool]:
+    """The task run's id (shared by its retries) and whether this is its last attempt."""
+    context = TaskRunContext.get()
+    if context is None:
+        return uuid.uuid4().hex, True
+    return str(context.task_run.id), context.task_run.run_count > context.task.retries
+
+
 def _run_stage(
     stage: Stage, ctx: StageContext, key: str | None, upstream: Sequence[StageResult] = ()
 ) -> StageResult:
     logger = get_run_logger()
+    local = stage.work_pool is None  # a work_pool stage changes another machine's disk
+    attempt, last = _attempt()
+    if local:
+        begin_capture(ctx.workspace, attempt)
     try:
-        result = execute_stage(stage, ctx, log=logger.info, upstream=upstream)
+        result = _with_dependency_caches(
+            stage,
+            ctx,
+            logger.info,
+            lambda: execute_stage(stage, ctx, log=logger.info, upstream=upstream),
+        )
     except StageCancelled as cancelled:
         # the run is being cancelled (its processes are already gone): the task run
         # ends Cancelled, not Failed, and is never retried. Prefect would store a
         # returned non-failed state under the cache key and serve it as a Cached
         # result to the next run: not written.
+        if local:
+            abandon_capture(ctx.workspace, attempt)
         transaction = get_transaction()
         if transaction is not None:
             transaction.write_on_commit = False
         return Cancelled(message=str(cancelled))  # type: ignore[return-value]
-    return StageResult(**{**result.__dict__, "cache_key": key})
+    except BaseException:
+        if local and last:
+            abandon_capture(ctx.workspace, attempt)
+        raise
+    changes = finish_capture(ctx.workspace, attempt) if local else no_changes()
+    if not changes.restorable:
+        logger.warning("stage %s: its result will not be reused: %s", stage.name, changes.why_not)
+    return StageResult(**{**result.__dict__, "cache_key": key, "workspace": changes})
 
 
 def _key_from_parameters(_context: object, parameters: dict[str, Any]) -> str | None:
