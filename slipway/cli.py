@@ -176,6 +176,8 @@ def _webhook(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             max_body=args.max_body,
+            max_connections=args.max_connections,
+            request_deadline=args.request_deadline,
         )
         print(f"listening on {server.url}; pushes become {EVENT_NAME} events on {api_url}")
         sys.stdout.flush()
@@ -242,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5 * 1024 * 1024,
         help="largest body accepted, in bytes (default: 5 MiB)",
+    )
+    webhook.add_argument(
+        "--max-connections",
+        type=int,
+        default=16,
+        help="requests served at once; more are answered 503 (default: 16)",
+    )
+    webhook.add_argument(
+        "--request-deadline",
+        type=float,
+        default=15.0,
+        help="seconds a client has for its whole request (default: 15)",
     )
     webhook.set_defaults(handler=_webhook)
     return parser
