@@ -535,3 +535,31 @@ def test_codes_are_judged_at_arrival_and_only_forward() -> None:
     assert "wrong or expired" in (check("12345a", "run-5/a") or "")
     later = datetime.fromtimestamp(now.timestamp() + 90, UTC)  # three steps on: a fresh code
     assert check(code_for("carol", steps_ahead=3), "run-6/a", at=later) is None
+
+
+def test_the_prefect_cloud_actor_is_read_from_the_event_s_related_actor() -> None:
+    """Only the reading of Cloud's event is tested: no Prefect Cloud can be reached here."""
+    from prefect.events.schemas.events import Event
+
+    from slipway.tasks.approver_identity import actor_names
+
+    resumed = Event(
+        event="prefect.flow-run.Running",
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid4()}"},
+        related=[
+            {"prefect.resource.id": f"prefect.flow.{uuid4()}", "prefect.resource.role": "flow"},
+            {
+                "prefect.resource.id": f"prefect-cloud.actor.{uuid4()}",
+                "prefect.resource.role": "actor",
+                "prefect.resource.name": "Alice Example",
+                "prefect-cloud.email": "Alice@Example.com",
+                "prefect-cloud.handle": "alice",
+            },
+        ],
+    )
+    assert actor_names(resumed) == {"alice example", "alice@example.com", "alice"}
+    by_nobody = Event(
+        event="prefect.flow-run.Running",
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid4()}"},
+    )
+    assert actor_names(by_nobody) == set()
