@@ -94,8 +94,9 @@ from slipway.deploy_spec import DeploySpec
 from slipway.flows.deliver import Delivery, deliver
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome
-from slipway.tasks.approval import ApprovalDecision, approve_run
+from slipway.tasks.approval import approve_run
 from slipway.tasks.strategy_objects import COLOUR_LABEL, other_colour
+from tests.approvers import approver, decision
 from tests.servers.example_manifests import app_deployment, app_service
 from tests.servers.git_http import commit_files, make_bare_repo
 from tests.servers.prometheus import PROMETHEUS_BINARY, PrometheusProcess
@@ -514,7 +515,7 @@ class World:
             approvals=ApprovalPolicy(
                 environments={
                     ENVIRONMENT: EnvironmentApproval(
-                        approvers=[APPROVER], timeout_seconds=120, branches=["main"]
+                        approvers=[approver(APPROVER)], timeout_seconds=120, branches=["main"]
                     )
                 }
             ),
@@ -566,12 +567,9 @@ def approval_run(
     run = DeliverRun(world.delivery(production(approval=True, analysis=None), image))
     paused = wait_paused(run.flow_run_id)
     time.sleep(delay)
+    approval = decision(APPROVER, reason="benchmark")  # a fresh TOTP code, before the clock
     called = time.time()
-    approve_run(
-        run.flow_run_id,
-        ApprovalDecision(approve=True, approver=APPROVER, reason="benchmark"),
-        timeout=30,
-    )
+    approve_run(run.flow_run_id, approval, timeout=30)
     returned = time.time()
     outcome = run.outcome()
     if outcome.status != "deployed":

@@ -8,17 +8,28 @@ decision before treating the silence as a rejection.
 The block holds configuration only. Pausing the run, checking the person who
 answered and recording the decision live in ``slipway.tasks.approval``.
 
-Approvers are compared case-insensitively and without surrounding blanks
-(``Alice@Example.com`` and ``alice@example.com`` are the same person). In
-self-hosted Prefect the name in the approval form is typed by the person resuming
-the run, not taken from a login: the list guards against mistakes and records
-accountability; authentication is the job of whatever protects the Prefect UI.
+Identity. The open-source Prefect UI has no users: whoever can resume a run can type
+any name into the form. So each :class:`Approver` carries a TOTP secret (RFC 6238:
+SHA-1, 6 digits, 30-second steps, what authenticator apps use), and a decision
+counts only with the current code for that approver; ``slipway.tasks.approval``
+checks it and refuses a code used before. A typed name is normalised (Unicode NFKC,
+blanks stripped, case-folded) and must then equal one entry exactly; the record names
+the entry as the policy spells it, never the typed text.
+
+The secrets sit in this block (masked, encrypted at rest by the server): whoever can
+read the block's secrets through the Prefect API can make codes, so protect the API
+(API authentication, and no API access for stage commands).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import unicodedata
+
+import pyotp
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 from wcmatch import glob
 
 from slipway.exceptions import ConfigError
@@ -28,14 +39,80 @@ from slipway.spec_types import StrictModel
 _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.BRACE
 
 
+MAX_NAME_LENGTH = 200  # characters of an approver's name
+MIN_SECRET_BYTES = 16  # 128 bits; RFC 4226 recommends 160 (pyotp.random_base32() gives 160)
+
+
+def canonical_name(name: str) -> str:
+    """The form two spellings of one name share: NFKC, stripped, case-folded."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+class Approver(StrictModel):
+    """A person (or bot) who may decide, and the TOTP secret that proves it is them."""
+
+    # a validation error would otherwise quote the secret it refused
+    model_config = ConfigDict(**StrictModel.model_config, hide_input_in_errors=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="User name or email, as records show it. Required.",
+    )
+    totp_secret: SecretStr = Field(
+        description=(
+            "The approver's TOTP secret, base32 (RFC 6238: SHA-1, 6 digits, 30 s), at "
+            "least 128 bits; make one with pyotp.random_base32() and add it to their "
+            "authenticator app (Approver.provisioning_uri). Required."
+        ),
+    )
+    prefect_cloud_user: str | None = Field(
+        default=None,
+        description=(
+            "On Prefect Cloud only: the email or handle of the Cloud user who must be the "
+            "one resuming the run, checked besides the code. Default: not checked."
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not canonical_name(value):
+            raise ValueError("an approver must be a user name or an email; got an empty one")
+        return value.strip()
+
+    @field_validator("totp_secret")
+    @classmethod
+    def _base32(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value().replace(" ", "").upper()
+        try:
+            raw = base64.b32decode(text + "=" * (-len(text) % 8))
+        except (binascii.Error, ValueError):
+            raise ValueError("totp_secret is not base32 (A-Z, 2-7)") from None
+        if len(raw) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"totp_secret holds {len(raw) * 8} bits; at least {MIN_SECRET_BYTES * 8} "
+                "(use pyotp.random_base32())"
+            )
+        return SecretStr(text)
+
+    def totp(self) -> pyotp.TOTP:
+        """The code generator for this approver (the secret stays inside it)."""
+        return pyotp.TOTP(self.totp_secret.get_secret_value())
+
+    def provisioning_uri(self, issuer: str = "slipway") -> str:
+        """The ``otpauth://`` URI an authenticator app scans (it holds the secret)."""
+        return self.totp().provisioning_uri(name=self.name, issuer_name=issuer)
+
+
 class EnvironmentApproval(StrictModel):
     """The approval rules of one environment."""
 
-    approvers: list[str] = Field(
+    approvers: list[Approver] = Field(
         min_length=1,
         description=(
-            "User names or emails allowed to approve, compared case-insensitively. "
-            "Required: at least one."
+            "Who may approve, each with a TOTP secret; names are matched after "
+            "normalising (case, blanks, Unicode forms). Required: at least one."
         ),
     )
     timeout_seconds: int = Field(
@@ -57,11 +134,14 @@ class EnvironmentApproval(StrictModel):
 
     @field_validator("approvers")
     @classmethod
-    def _approvers_are_named(cls, value: list[str]) -> list[str]:
-        cleaned = [name.strip() for name in value]
-        if any(not name for name in cleaned):
-            raise ValueError("an approver must be a user name or an email; got an empty one")
-        return cleaned
+    def _approvers_are_distinct(cls, value: list[Approver]) -> list[Approver]:
+        seen: set[str] = set()
+        for approver in value:
+            key = canonical_name(approver.name)
+            if key in seen:
+                raise ValueError(f"approver {approver.name!r} is listed twice")
+            seen.add(key)
+        return value
 
     @field_validator("branches")
     @classmethod
@@ -70,10 +150,17 @@ class EnvironmentApproval(StrictModel):
             raise ValueError("a branch glob must not be empty")
         return value
 
-    def may_approve(self, name: str) -> bool:
-        """True when ``name`` is one of the approvers (case and blanks ignored)."""
-        wanted = name.strip().casefold()
-        return bool(wanted) and any(wanted == a.casefold() for a in self.approvers)
+    def approver_named(self, name: str) -> Approver | None:
+        """The entry ``name`` stands for after normalising, or None. Only the name: the
+        code is checked by ``slipway.tasks.approval``."""
+        wanted = canonical_name(name)
+        if not wanted:
+            return None
+        return next((a for a in self.approvers if canonical_name(a.name) == wanted), None)
+
+    @property
+    def approver_names(self) -> list[str]:
+        return [a.name for a in self.approvers]
 
     def allows_branch(self, branch: str | None) -> bool:
         """True when ``branch`` matches one of the globs; no branch never matches."""
@@ -94,13 +181,16 @@ class ApprovalPolicy(Block):
         production = approval_policy.for_environment("production")
         ```
 
-        Save one:
+        Save one (each approver's secret goes into their authenticator app):
         ```python
-        from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
+        import pyotp
+        from slipway.blocks.approval import ApprovalPolicy, Approver, EnvironmentApproval
 
+        alice = Approver(name="alice@example.com", totp_secret=pyotp.random_base32())
+        print(alice.provisioning_uri())  # show it to alice once, as a QR code
         ApprovalPolicy(environments={
             "production": EnvironmentApproval(
-                approvers=["alice@example.com", "bob"],
+                approvers=[alice],
                 timeout_seconds=4 * 3600,
                 branches=["main", "release/*"],
             ),

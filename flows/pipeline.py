@@ -39,7 +39,13 @@ from slipway.blocks.notifications import SlackNotifier
 from slipway.blocks.security_policy import SecurityPolicy
 from slipway.conditions import ConditionContext, evaluate
 from slipway.deploy_spec import DeploySpec
-from slipway.exceptions import CommitNotOnBranch, ConfigError, SlipwayError, StageFailed
+from slipway.exceptions import (
+    CommitNotOnBranch,
+    ConfigError,
+    SlipwayError,
+    StageFailed,
+    TriggerRefused,
+)
 from slipway.flows.deliver import Delivery, deliver, load_delivery_blocks
 from slipway.flows.scheduler import Decision, StageWalker
 from slipway.flows.stage_runner import ensure_stage_runners
@@ -64,6 +70,7 @@ from slipway.tasks.stages import (
     stage_environment,
     stage_task,
 )
+from slipway.tasks.trigger import PushTrigger, verify_push_trigger
 from slipway.tasks.workspace_capture import CannotRestore, restore_reused
 from slipway.workspace import (
     build_number_for_run,
@@ -475,6 +482,13 @@ async def pipeline(
             "auto = suspend when started from a deployment."
         ),
     ] = "auto",
+    push: Annotated[
+        PushTrigger | None,
+        Field(
+            description="Set by the push trigger only: the signed slipway.push event, "
+            "verified before anything runs (a forged or replayed one fails the run)."
+        ),
+    ] = None,
 ) -> PipelineReport:
     """Run the repository's pipeline file.
 
@@ -501,10 +515,18 @@ async def pipeline(
         approval_wait: how a run waits for approval: pause (the process waits),
             suspend (it exits; the run resumes from its deployment, reusing cached
             stages), auto = suspend when started from a deployment.
+        push: set by the push trigger: the signed event (slipway.tasks.trigger).
     """
     logger = get_run_logger()
     started = time.monotonic()
     flow_run = get_run_context().flow_run  # type: ignore[union-attr]
+    if push is not None:  # from the push trigger: only the receiver's event may run
+        if flow_run is None:
+            raise TriggerRefused("a push event is only accepted by a flow run of a deployment")
+        verified = await verify_push_trigger(push, flow_run=flow_run, branch=branch, commit=commit)
+        logger.info(
+            "push event verified: delivery %s, signed by slipway webhook", verified.delivery
+        )
     run_url = url_for(flow_run) if flow_run else None
     run_id = str(flow_run.id) if flow_run else "local"
     overrides = PipelineOverrides(only=stages, skip=skip_stages or [], env=env or {})

@@ -3,6 +3,7 @@
 slipway validate [FILE ...]        check pipeline files, print every problem
 slipway run REPOSITORY [options]   run the pipeline flow, print where to watch it
 slipway example [options]          run the pipeline on the bundled example app
+slipway approval-code [NAME]       the current TOTP code of an approver of the example
 slipway server                     make sure a local Prefect server is running
 slipway webhook [options]          receive signed push webhooks, emit slipway.push events
 """
@@ -172,13 +173,33 @@ def _example_delivery(args: argparse.Namespace) -> Iterator[object]:
     else:
         print(
             "production approval: the run pauses; open it in the Prefect UI, press Resume and "
-            f"approve as {HUMAN_APPROVER} (or rerun with --approve-automatically)"
+            f"approve as {HUMAN_APPROVER} with the code `slipway approval-code` prints (or "
+            "rerun with --approve-automatically)"
         )
     with (
         Traffic(cluster),
         AutoApprover() if args.approve_automatically else contextlib.nullcontext(),
     ):
         yield cluster
+
+
+def _approval_code(args: argparse.Namespace) -> int:
+    import time
+
+    from slipway.example_delivery import example_approvers
+
+    approvers = example_approvers(create=False)
+    if args.approver not in approvers:
+        raise ConfigError(
+            f"the example has no approver {args.approver!r} (it has: {', '.join(approvers)})"
+        )
+    entry = approvers[args.approver]
+    if args.uri:
+        print(entry.provisioning_uri())  # holds the secret: for an authenticator app
+    else:
+        left = 30 - int(time.time()) % 30
+        print(f"{entry.totp().now()}  ({args.approver}; valid about {left + 30} s more, once)")
+    return 0
 
 
 def _server(_args: argparse.Namespace) -> int:
@@ -206,6 +227,8 @@ def _webhook(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             max_body=args.max_body,
+            max_connections=args.max_connections,
+            request_deadline=args.request_deadline,
         )
         print(f"listening on {server.url}; pushes become {EVENT_NAME} events on {api_url}")
         sys.stdout.flush()
@@ -267,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="what backs the simulated cluster's pods (default: local processes)",
     )
     example.set_defaults(handler=_example)
+    code = sub.add_parser(
+        "approval-code", help="the current TOTP code of an approver of the bundled example"
+    )
+    code.add_argument("approver", nargs="?", default="you@example.com", help="approver name")
+    code.add_argument(
+        "--uri", action="store_true", help="print the otpauth:// URI for an authenticator app"
+    )
+    code.set_defaults(handler=_approval_code)
     server = sub.add_parser("server", help="start (or find) the local Prefect server")
     server.set_defaults(handler=_server)
     webhook = sub.add_parser(
@@ -283,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5 * 1024 * 1024,
         help="largest body accepted, in bytes (default: 5 MiB)",
+    )
+    webhook.add_argument(
+        "--max-connections",
+        type=int,
+        default=16,
+        help="requests served at once; more are answered 503 (default: 16)",
+    )
+    webhook.add_argument(
+        "--request-deadline",
+        type=float,
+        default=15.0,
+        help="seconds a client has for its whole request (default: 15)",
     )
     webhook.set_defaults(handler=_webhook)
     return parser

@@ -8,11 +8,19 @@ the Prefect approval form. This module saves the blocks the example's ``deploy:`
 section names, publishes the manifests once, sends steady traffic at production so
 the metric analysis has something to measure, and, when asked, approves as a named
 bot so an unattended run does not wait for a person.
+
+The example's two approvers, a person (``you@example.com``) and the bot, each have a
+TOTP secret like any approver: made once and kept in
+``$SLIPWAY_HOME/example/approvers.json`` (readable by its owner only), so an
+authenticator app set up once keeps working. The bot computes its codes from its
+secret and approves through the same API and checks a person's approval goes through.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
+import os
 import shutil
 import threading
 from datetime import UTC, datetime
@@ -22,6 +30,7 @@ from uuid import UUID
 
 import git
 import httpx
+import pyotp
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -33,11 +42,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
-from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
+from slipway.blocks.approval import ApprovalPolicy, Approver, EnvironmentApproval
 from slipway.blocks.git import AppRepository
 from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.blocks.prometheus import PrometheusServer
 from slipway.example import EXAMPLE_DIR, commit_all
+from slipway.exceptions import ConfigError
 from slipway.local_cluster import LocalCluster
 from slipway.tasks.approval import ApprovalDecision, approve_run
 from slipway.workspace import slipway_home
@@ -70,6 +80,26 @@ def publish_manifests(source: Path = EXAMPLE_DIR / "k8s", home: Path | None = No
     return remote.as_uri()
 
 
+def example_approvers(*, create: bool = True, home: Path | None = None) -> dict[str, Approver]:
+    """The example's approvers with their TOTP secrets, made on first use.
+
+    Raises:
+        ConfigError: ``create`` is false and the example has not made them yet.
+    """
+    path = (home or slipway_home()) / "example" / "approvers.json"
+    secrets = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    missing = [n for n in (HUMAN_APPROVER, AUTO_APPROVER) if n not in secrets]
+    if missing and not create:
+        raise ConfigError(f"{path} has no TOTP secret for {', '.join(missing)}: run examples/run")
+    if missing:
+        secrets.update({name: pyotp.random_base32() for name in missing})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(secrets, out, indent=2)
+    return {name: Approver(name=name, totp_secret=secrets[name]) for name in secrets}
+
+
 def save_example_blocks(cluster: LocalCluster, manifests_url: str, app_url: str) -> None:
     """Save (overwrite) the four blocks the example's ``deploy:`` names, and the
     ``example-app`` AppRepository the `pipeline/example-app` deployment builds."""
@@ -86,7 +116,9 @@ def save_example_blocks(cluster: LocalCluster, manifests_url: str, app_url: str)
     ApprovalPolicy(
         environments={
             "production": EnvironmentApproval(
-                approvers=[HUMAN_APPROVER, AUTO_APPROVER], timeout_seconds=1800, branches=["main"]
+                approvers=list(example_approvers().values()),
+                timeout_seconds=1800,
+                branches=["main"],
             )
         }
     ).save(BLOCKS["approvals"], overwrite=True)
@@ -132,11 +164,15 @@ class Traffic:
 
 
 class AutoApprover:
-    """Approves every pipeline run that pauses for a decision, as ``example-bot``: for
-    unattended runs (``--approve-automatically``). Without it the run waits in the UI."""
+    """Approves every pipeline run that pauses for a decision, as ``example-bot``, with
+    the bot's TOTP code: for unattended runs (``--approve-automatically``). Without it
+    the run waits in the UI. A code counts once, so a second approval within one 30 s
+    step uses the next step's code, and a third waits for the clock."""
 
     def __init__(self, poll: float = 1.0) -> None:
         self._poll = poll
+        self._bot = example_approvers()[AUTO_APPROVER]
+        self._last_step = 0
         self._stop = threading.Event()
         self._since = datetime.now(UTC)  # only runs this command started
         # Prefect's settings (the API URL) live in context variables: take them along
@@ -160,15 +196,27 @@ class AutoApprover:
         while not self._stop.wait(self._poll):
             try:
                 for run_id in self._paused_runs():
+                    code = self._next_code()
+                    if code is None:
+                        break  # both codes of this minute are spent: the next poll
                     decision = ApprovalDecision(
                         approve=True,
                         approver=AUTO_APPROVER,
+                        code=code[1],
                         reason="slipway example --approve-automatically",
                     )
                     approve_run(run_id, decision, timeout=10)
+                    self._last_step = code[0]
                     print(f"approved flow run {run_id} as {AUTO_APPROVER}", flush=True)
             except Exception as exc:  # keep approving; the run's own deadline still holds
                 print(f"auto-approver: {type(exc).__name__}: {exc}", flush=True)
+
+    def _next_code(self) -> tuple[int, str] | None:
+        """The bot's first code not used yet that still counts (its step and digits)."""
+        totp = self._bot.totp()
+        current = totp.timecode(datetime.now(UTC))
+        step = max(current, self._last_step + 1)
+        return (step, totp.generate_otp(step)) if step <= current + 1 else None
 
     def __enter__(self) -> AutoApprover:
         self._thread.start()

@@ -28,6 +28,7 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   │   └── ImageBuildTimeout         the build ran past its timeout
     │   ├── RegistryError                 credentials refused, unknown host, denied
     │   ├── ApprovalClosed                the run asking for approval has ended
+    │   ├── TriggerRefused                a push event not signed by the receiver, stale or replayed
     │   ├── ManifestRepoError             the manifests repo refused (auth, branch, hook)
     │   ├── RevertConflict                a revert collides with later changes
     │   ├── ManifestRenderError           manifests cannot be rendered (bad YAML, kustomize)
@@ -206,6 +207,10 @@ class ApprovalInputRefused(ConfigError):
 
 class ApprovalClosed(PermanentError):
     """The run can no longer take a decision: it ended, or its pause timed out."""
+
+
+class TriggerRefused(PermanentError):
+    """A run's push event is not the receiver's: unsigned, forged, stale or replayed."""
 
 
 class ApprovalNotDelivered(TemporaryError):

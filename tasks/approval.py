@@ -13,12 +13,16 @@ Decisions, in the order they are made:
 - **Branch.** :func:`check_branch_allowed` is called before anything is deployed
   or paused: production is reached only from the branches the environment's
   :class:`~slipway.blocks.approval.EnvironmentApproval` allows.
-- **Who.** A decision (approve *or* reject) from a name not in the environment's
-  ``approvers`` is *refused*: logged, kept in the record's ``refusals``, and the
-  run pauses again, with the refusal shown in the new form's description, for a
-  valid decision until the one overall deadline (``timeout_seconds`` from the
-  first pause; a refusal never buys more time). Rejections are held to the same
-  rule, so a stranger can neither stop a release nor sign for it.
+- **Who.** A decision (approve *or* reject) counts only from an approver of the
+  environment with that approver's current TOTP code, not used before
+  (``slipway.tasks.approver_identity``); the record names the policy's entry, not
+  the typed text. Anything else is *refused*: logged, kept in the record's
+  ``refusals``, and the run pauses again, with the refusal shown in the new form's
+  description, for a valid decision until the one overall deadline
+  (``timeout_seconds`` from the first pause; a refusal never buys more time).
+  Rejections are held to the same rule, so a stranger can neither stop a release
+  nor sign for it. A reason is at most :data:`MAX_REASON_LENGTH` characters (the
+  server refuses a longer one when it is sent).
 - **Silence.** No valid decision by the deadline counts as a rejection: the
   record says ``timed-out``. Prefect leaves a timed-out pause *Paused* (and its
   pause-expiry service may mark the run *Failed*), where no task may start; the
@@ -43,8 +47,8 @@ and every task with a persisted result is reused (Prefect's default cache key
 includes the flow run id). It only works for runs started from a deployment, and
 only saves work when results are persisted (``persist_result=True``).
 
-Identity. In self-hosted Prefect the approver is the name typed into the form,
-not a login; the policy guards against mistakes and records accountability.
+Identity. An approval proves that whoever decided held the approver's TOTP secret
+at that time; not who typed it (see ``slipway.tasks.approver_identity``).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ from prefect.states import Running
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from slipway.blocks.approval import EnvironmentApproval
+from slipway.blocks.approval import MAX_NAME_LENGTH, EnvironmentApproval
 from slipway.exceptions import (
     ApprovalClosed,
     ApprovalInputRefused,
@@ -77,6 +81,7 @@ from slipway.exceptions import (
     BranchNotAllowed,
     SuspendNotSupported,
 )
+from slipway.tasks.approver_identity import verify_identity
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 DecisionName = Literal["approved", "rejected", "timed-out", "refused"]
@@ -87,6 +92,8 @@ _APPROVE_RETRY_SECONDS = 0.2
 _MIN_PAUSE_SECONDS = 0.5
 # The server's words when input arrives before the paused run saved its form.
 _SCHEMA_NOT_SAVED = "schema not found"
+# Characters of a decision's reason: it is logged, recorded and put into a commit.
+MAX_REASON_LENGTH = 2000
 
 
 # --- errors ----------------------------------------------------------------------
@@ -104,11 +111,24 @@ class ApprovalDecision(RunInput):
     )
     approver: str = Field(
         min_length=1,
+        max_length=MAX_NAME_LENGTH,
         description="Your user name or email; it must be one of the environment's approvers.",
+    )
+    code: str = Field(
+        min_length=6,
+        max_length=12,
+        description=(
+            "The current 6-digit code of your authenticator app for slipway (TOTP); "
+            "it proves you are that approver, and counts once."
+        ),
     )
     reason: str = Field(
         default="",
-        description="Why you decided so; recorded with the release and in the manifests commit.",
+        max_length=MAX_REASON_LENGTH,
+        description=(
+            f"Why you decided so (at most {MAX_REASON_LENGTH} characters); recorded with "
+            "the release and in the manifests commit."
+        ),
     )
 
 
@@ -214,7 +234,7 @@ def _form_description(
     parts = [summary_markdown.rstrip(), "", "---", ""]
     parts.append(
         f"**Release to `{environment}`?** Approvers: "
-        + ", ".join(f"`{_md(a)}`" for a in policy.approvers)
+        + ", ".join(f"`{_md(a)}`" for a in policy.approver_names)
         + f". No decision by {deadline.isoformat(timespec='seconds')} UTC counts as a rejection."
     )
     for refused in refusals:
@@ -226,28 +246,50 @@ def _form_description(
     return "\n".join(parts) + "\n"
 
 
-def _judge(
+async def _judge(
     decision: ApprovalDecision,
     environment: str,
     policy: EnvironmentApproval,
-    at: str,
+    flow_run_id: UUID,
 ) -> ApprovalRecord:
-    """Turn a decision into a record: approved, rejected, or refused (not an approver)."""
-    approver = decision.approver.strip()
-    if not policy.may_approve(approver):
+    """Turn a decision into a record: approved, rejected, or refused (not an approver,
+    wrong or used code, a reason over the limit)."""
+    received = await _input_created_at(flow_run_id, decision.metadata.key)
+    at = received.isoformat(timespec="seconds")
+    typed = decision.approver.strip()[:MAX_NAME_LENGTH]
+    reason = decision.reason
+    if len(reason) > MAX_REASON_LENGTH:  # the server's schema check was bypassed
         return ApprovalRecord(
             environment=environment,
             decision="refused",
-            approver=approver,
-            reason=decision.reason,
+            approver=typed,
+            reason=reason[:MAX_REASON_LENGTH],
             at=at,
-            refused_reason=f"{approver!r} is not an approver of {environment}",
+            refused_reason=f"the reason is over {MAX_REASON_LENGTH} characters",
+        )
+    verdict = await verify_identity(
+        typed,
+        decision.code,
+        policy,
+        environment=environment,
+        at=received,
+        holder=f"{flow_run_id}/{decision.metadata.key}",
+        flow_run_id=flow_run_id,
+    )
+    if verdict.approver is None:
+        return ApprovalRecord(
+            environment=environment,
+            decision="refused",
+            approver=typed,
+            reason=reason,
+            at=at,
+            refused_reason=verdict.refused_reason,
         )
     return ApprovalRecord(
         environment=environment,
         decision="approved" if decision.approve else "rejected",
-        approver=approver,
-        reason=decision.reason,
+        approver=verdict.approver.name,  # the policy's entry, not the typed text
+        reason=reason,
         at=at,
     )
 
@@ -304,7 +346,7 @@ async def request_approval(
     log.info(
         "waiting for approval to release to %s (approvers: %s; timeout %d s)",
         environment,
-        ", ".join(policy.approvers),
+        ", ".join(policy.approver_names),
         policy.timeout_seconds,
     )
     while True:
@@ -326,8 +368,7 @@ async def request_approval(
             await _run_again(flow_run_id, log)
             record = _timed_out(environment, policy.timeout_seconds)
             break
-        at = await _input_created_at(flow_run_id, decision.metadata.key)
-        record = _judge(decision, environment, policy, at)
+        record = await _judge(decision, environment, policy, flow_run_id)
         if record.decision != "refused":
             break
         log.warning(
@@ -360,14 +401,15 @@ def _log_outcome(record: ApprovalRecord, log: Logger) -> None:
         log.warning("release to %s rejected: %s", record.environment, record.reason)
 
 
-async def _input_created_at(flow_run_id: UUID, key: str) -> str:
-    """When a decision reached the server (a re-executed flow must not say 'now')."""
+async def _input_created_at(flow_run_id: UUID, key: str) -> datetime:
+    """When a decision reached the server (a re-executed flow must not say 'now'): the
+    time its record shows and its code is judged at."""
     async with get_client() as client:
         found = await client.filter_flow_run_input(
             flow_run_id, key_prefix=key, limit=1, exclude_keys=set()
         )
     created = found[0].created if found and found[0].created else None
-    return created.astimezone(UTC).isoformat(timespec="seconds") if created else _now()
+    return created.astimezone(UTC) if created else datetime.now(UTC)
 
 
 async def _first_suspend_at(flow_run_id: UUID, pause_key: str) -> datetime | None:
@@ -430,8 +472,7 @@ async def request_approval_suspended(
             )
         except RuntimeError as exc:
             raise SuspendNotSupported(f"flow run {flow_run.name!r}: {exc}") from exc
-        at = await _input_created_at(flow_run.id, decision.metadata.key)
-        record = _judge(decision, environment, policy, at)
+        record = await _judge(decision, environment, policy, flow_run.id)
         if record.decision != "refused":
             break
         log.warning("approval for %s refused: %s", environment, record.refused_reason)

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from uuid import uuid4
 
 # Keep the whole session away from the developer's ~/.prefect before prefect loads.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="slipway-tests-"))
@@ -39,6 +40,15 @@ pytest_plugins = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def approver_seed(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fresh TOTP secrets for the approvers of every test (tests/approvers.py): the
+    Prefect server remembers used codes, and one test's must never refuse another's."""
+    seed = uuid4().hex
+    monkeypatch.setenv("SLIPWAY_TEST_APPROVER_SEED", seed)
+    return seed
 
 
 @pytest.fixture(autouse=True)

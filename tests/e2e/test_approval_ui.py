@@ -38,6 +38,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 
 from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
 from slipway.flows.deliver import Delivery
+from tests.approvers import approver, code_for
 from tests.e2e.browser import chromium, chromium_page  # noqa: F401  (chromium: the fixture)
 from tests.flows.prefect_api import artifacts
 from tests.flows.test_deliver import (
@@ -102,14 +103,17 @@ class PrefectUI:
         text, control = dialog.page.get_by_text(name), dialog.page.get_by_role(role)
         return dialog.locator("div").filter(has=text).filter(has=control).last.get_by_role(role)
 
-    async def decide(self, dialog: Locator, *, approve: bool, approver: str, reason: str) -> None:
-        """Fill the approval form in and submit it."""
+    async def decide(
+        self, dialog: Locator, *, approve: bool, approver: str, code: str, reason: str
+    ) -> None:
+        """Fill the approval form in (with the approver's current TOTP code) and submit it."""
         switch = self.control(dialog, "Approve", "switch")
         await expect(switch).not_to_be_checked()  # the form starts at "reject"
         if approve:
             await switch.click()
             await expect(switch).to_be_checked()
         await self.control(dialog, "Approver", "textbox").fill(approver)
+        await self.control(dialog, "Code", "textbox").fill(code)
         await self.control(dialog, "Reason", "textbox").fill(reason)
         submit = "Resume" if self.version == "v2" else "Submit"
         await dialog.get_by_role("button", name=submit, exact=True).click()
@@ -157,7 +161,9 @@ async def decide_in_the_ui(
         completed = page.get_by_text("Completed", exact=True).filter(visible=True)
         await expect(completed).to_have_count(0)  # so that seeing it later means something
         await expect_what_is_approved(dialog, delivery)
-        await ui.decide(dialog, approve=approve, approver=APPROVER, reason=reason)
+        await ui.decide(
+            dialog, approve=approve, approver=APPROVER, code=code_for(APPROVER), reason=reason
+        )
         await expect(completed.first).to_be_visible(timeout=FINISH_TIMEOUT * 1000)
 
 
@@ -167,7 +173,9 @@ async def decide_in_the_ui(
 def start_release(stack: Stack) -> tuple[Running, Delivery]:  # noqa: F811
     """Staging, then production behind an approval (no metric analysis: not the subject)."""
     delivery = stack.delivery({"environments": [staging(), production(analysis=None)]}, GOOD)
-    policy = EnvironmentApproval(approvers=[APPROVER], timeout_seconds=300, branches=["main"])
+    policy = EnvironmentApproval(
+        approvers=[approver(APPROVER)], timeout_seconds=300, branches=["main"]
+    )
     delivery = replace(
         delivery,
         # a person in a browser gets more than the flow tests' 20 s

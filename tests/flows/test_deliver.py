@@ -42,9 +42,10 @@ from slipway.deploy_spec import DeploySpec
 from slipway.flows.deliver import Delivery, deliver, ensure_deploy_slot_limit, slot_name
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome
-from slipway.tasks.approval import ApprovalDecision, approve_run
+from slipway.tasks.approval import approve_run
 from slipway.tasks.gitops import parse_trailers
 from slipway.tasks.kube_apply import ANNOTATION_APPROVER, ANNOTATION_IMAGE
+from tests.approvers import approver, decision
 from tests.servers.example_manifests import app_deployment, app_service
 from tests.servers.git_http import commit_files, make_bare_repo
 from tests.servers.kube_api import KubeCluster
@@ -117,7 +118,7 @@ class Stack:
             approvals=ApprovalPolicy(
                 environments={
                     "production": EnvironmentApproval(
-                        approvers=["alice"], timeout_seconds=20, branches=["main"]
+                        approvers=[approver("alice")], timeout_seconds=20, branches=["main"]
                     )
                 }
             ),
@@ -261,7 +262,7 @@ def run(delivery: Delivery, approver: str | None = "alice", approve: bool = True
     if approver is not None:
         approve_run(
             running.run_id,
-            ApprovalDecision(approve=approve, approver=approver, reason="looks right"),
+            decision(approver, approve=approve, reason="looks right"),
             timeout=90,
         )
     return running.outcomes()
@@ -324,7 +325,7 @@ def test_a_release_goes_through_staging_then_production_after_approval(stack: St
     try:
         running = Running(stack.delivery({"environments": [staging(), production()]}, GOOD))
         description = approval_description(running.run_id)
-        approve_run(running.run_id, ApprovalDecision(approve=True, approver="alice"), timeout=60)
+        approve_run(running.run_id, decision("alice", reason=""), timeout=60)
         outcomes = running.outcomes()
     finally:
         stop.set()

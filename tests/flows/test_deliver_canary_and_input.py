@@ -43,10 +43,11 @@ from slipway.exceptions import ApprovalClosed, ConfigError
 from slipway.flows.deliver import RELEASE_LABEL, load_delivery_blocks
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome
-from slipway.tasks.approval import ApprovalDecision, approve_run
+from slipway.tasks.approval import approve_run
 from slipway.tasks.gitops import parse_trailers
 from slipway.tasks.kube_apply import ANNOTATION_APPROVER
 from slipway.tasks.strategy_objects import canary_weight
+from tests.approvers import approver, decision
 from tests.flows.prefect_api import artifacts, logs
 from tests.flows.test_deliver import (
     APP,
@@ -539,7 +540,7 @@ def test_an_approval_from_someone_not_in_the_policy_is_refused_then_an_approver_
     for who, approve in (("mallory", True), ("eve", False)):
         approve_run(
             running.run_id,
-            ApprovalDecision(approve=approve, approver=who, reason=f"{who} says so"),
+            decision(who, approve=approve, reason=f"{who} says so"),
             timeout=60,
         )
         # a refused decision changes nothing: the run waits again, nothing deployed
@@ -548,7 +549,7 @@ def test_an_approval_from_someone_not_in_the_policy_is_refused_then_an_approver_
         assert bumps(stack) == []
     approve_run(
         running.run_id,
-        ApprovalDecision(approve=True, approver="alice", reason="checked the canary"),
+        decision("alice", reason="checked the canary"),
         timeout=60,
     )
     outcome = running.outcomes()["production"]
@@ -578,7 +579,7 @@ def test_an_approval_after_the_deadline_is_refused_and_nothing_reaches_productio
         approvals=ApprovalPolicy(
             environments={
                 "production": EnvironmentApproval(
-                    approvers=["alice"], timeout_seconds=timeout, branches=["main"]
+                    approvers=[approver("alice")], timeout_seconds=timeout, branches=["main"]
                 )
             }
         ),
@@ -589,7 +590,7 @@ def test_an_approval_after_the_deadline_is_refused_and_nothing_reaches_productio
     with pytest.raises(ApprovalClosed):
         approve_run(
             running.run_id,
-            ApprovalDecision(approve=True, approver="alice", reason="too late"),
+            decision("alice", reason="too late"),
             timeout=30,
         )
     late = running.outcomes()["production"]

@@ -42,9 +42,10 @@ from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
 from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.flows.pipeline import pipeline
 from slipway.report import PipelineReport
-from slipway.tasks.approval import ApprovalDecision, approve_run
+from slipway.tasks.approval import approve_run
 from slipway.tasks.gitops import parse_trailers
 from slipway.tasks.kube_apply import ANNOTATION_APPROVER, ANNOTATION_BUILD, ANNOTATION_IMAGE
+from tests.approvers import approver, decision
 from tests.flows.test_deliver import SERVICE, deployment
 from tests.servers.docker_engine import Registry
 from tests.servers.git_http import commit_files, make_bare_repo
@@ -165,7 +166,7 @@ def world(
     ApprovalPolicy(
         environments={
             "production": EnvironmentApproval(
-                approvers=[APPROVER], timeout_seconds=300, branches=["main"]
+                approvers=[approver(APPROVER)], timeout_seconds=300, branches=["main"]
             )
         }
     ).save(f"approvals-{blocks}")
@@ -181,7 +182,7 @@ def world(
 
 
 def approve(run_id: Any) -> None:
-    approve_run(run_id, ApprovalDecision(approve=True, approver=APPROVER, reason="staging green"))
+    approve_run(run_id, decision(APPROVER, reason="staging green"))
 
 
 def read_run(run_id: Any) -> FlowRun:

@@ -13,6 +13,7 @@ trigger does; a worker on the pool would then take it like any other run.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -31,16 +32,26 @@ import yaml
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.client.schemas.objects import Deployment, FlowRun
 from prefect.client.schemas.schedules import CronSchedule
+from prefect.events import emit_event
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.flow_engine import run_flow_async
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import State
 from prefect.testing.cli import invoke_and_assert
 from prefect.types._datetime import now
 
+from slipway.blocks.git import AppRepository
 from slipway.exceptions import ConfigError
+from slipway.flows.pipeline import pipeline
 from slipway.webhook import SECRET_ENV, load_secret
 from tests.conftest import _restart_event_and_log_workers
 from tests.servers.ports import free_port
@@ -157,12 +168,14 @@ def test_the_server_stores_the_deployments_schedule_and_push_trigger(deployed, s
     assert action.parameters == {
         "branch": "{{ event.payload.branch }}",
         "commit": "{{ event.payload.commit }}",
+        "push": {"secret_block": SECRET_BLOCK, "event": "{{ event.payload }}"},
     }
 
 
 # ----------------------------------------------------------------------------- pushes
 
 SECRET = "s3cret-shared-with-the-git-host"
+SECRET_BLOCK = "github-webhook"  # the block prefect.yaml's trigger names
 COMMIT = "3f786850e387550fdab836ed7e6dc881de23001b"
 BRANCH = "feature/login-form"
 
@@ -200,10 +213,10 @@ def post(url: str, body: bytes, sig: str | None, delivery: str) -> httpx.Respons
 
 @pytest.fixture
 def receiver(server_api: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``slipway webhook`` as its own process, its secret in a Prefect Secret block on
-    the server; yields its URL and its log file."""
-    block = f"webhook-secret-{uuid4().hex[:8]}"
-    Secret(value=SECRET).save(block)
+    """``slipway webhook`` as its own process, its secret in the Prefect Secret block the
+    trigger names; yields its URL and its log file (stdout and stderr)."""
+    block = SECRET_BLOCK
+    Secret(value=SECRET).save(block, overwrite=True)
     port = free_port()
     log = tmp_path / "webhook.log"
     env = {**os.environ, "PREFECT_API_URL": server_api}
@@ -262,17 +275,52 @@ def push_events(since) -> list:  # noqa: ANN001
     return list(page.events)
 
 
-def test_a_signed_push_starts_the_pipeline_and_a_bad_signature_starts_nothing(
-    deployed, receiver, server_api
+def wait_for_runs(deployment: Deployment, count: int, timeout: float = 60) -> list[FlowRun]:
+    deadline = time.monotonic() + timeout
+    while len(runs := pipeline_runs(deployment)) < count:
+        assert time.monotonic() < deadline, f"{len(runs)} of {count} flow runs from the trigger"
+        time.sleep(0.25)
+    return runs
+
+
+def execute(run: FlowRun) -> State:
+    """Run a flow run the trigger created, here, as a process worker would."""
+    return asyncio.run(
+        run_flow_async(pipeline, run, parameters=run.parameters, return_type="state")
+    )  # type: ignore[return-value]
+
+
+def task_runs(run: FlowRun) -> list:  # noqa: ANN001
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+
+
+def audit(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_signed_push_starts_the_pipeline_and_forged_or_replayed_events_start_nothing(
+    deployed, receiver, server_api, git_remote, isolated_results
 ) -> None:
     url, log = receiver
-    pipeline = deployed["pipeline/example-app"]
+    pipeline_deployment = deployed["pipeline/example-app"]
+    # the repository the deployment builds: one cheap stage, on the pushed branch
+    bare, remote = git_remote(
+        {"slipway.yaml": "version: 1\napp: example-app\nstages:\n  - name: ok\n    run: 'true'\n"},
+        branch=BRANCH,
+    )
+    AppRepository(url=remote, default_branch="main").save("example-app", overwrite=True)
+    commit = subprocess.run(
+        ["git", "-C", str(bare), "rev-parse", BRANCH], capture_output=True, text=True, check=True
+    ).stdout.strip()
     started = now("UTC")
     # the server's triggers service is what turns events into runs: it must be on
     settings = httpx.get(f"{server_api}/admin/settings", timeout=10).json()
     assert settings["server"]["services"]["triggers"]["enabled"] is True
 
-    body = push_body()
+    body = push_body(commit=commit)
     forged = push_body(branch="main", commit="f" * 40)
     refused = {
         "unsigned": post(url, forged, None, "d-unsigned"),
@@ -286,21 +334,20 @@ def test_a_signed_push_starts_the_pipeline_and_a_bad_signature_starts_nothing(
     accepted = post(url, body, signature(SECRET, body), "d-good")
     assert accepted.status_code == 202, accepted.text
     event_id = accepted.json()["event"]
+    (first,) = wait_for_runs(pipeline_deployment, 1)
+    print(f"push -> flow run of {pipeline_deployment.name}: {time.monotonic() - sent:.2f} s")
+    assert first.parameters["branch"] == BRANCH
+    assert first.parameters["commit"] == commit
+    assert first.parameters["repository"] == "example-app"  # the deployment's, not the push's
+    assert first.parameters["environments"] == ["staging", "production"]
+    assert first.parameters["push"]["secret_block"] == SECRET_BLOCK
+    assert first.state is not None and first.state.is_scheduled()
 
-    deadline = time.monotonic() + 60
-    while not (runs := pipeline_runs(pipeline)):
-        assert time.monotonic() < deadline, "no flow run from the push trigger"
-        time.sleep(0.25)
-    latency = time.monotonic() - sent
-    print(f"push -> flow run of {pipeline.name}: {latency:.2f} s")
-    (run,) = runs
-    assert run.parameters["branch"] == BRANCH
-    assert run.parameters["commit"] == COMMIT
-    assert run.parameters["repository"] == "example-app"  # the deployment's, not the push's
-    assert run.parameters["environments"] == ["staging", "production"]
-    assert run.state is not None and run.state.is_scheduled()
+    # GitHub's redelivery (same id) and a captured body posted under a new id: duplicates
+    again = [post(url, body, signature(SECRET, body), d) for d in ("d-good", "d-new-id")]
+    assert [a.json()["status"] for a in again] == ["duplicate", "duplicate"]
 
-    # the forged deliveries emitted nothing: one slipway.push event, the signed one
+    # one slipway.push event so far, the signed one, carrying its signature
     deadline = time.monotonic() + 30
     while not (events := push_events(started)):
         assert time.monotonic() < deadline, "the emitted event was not recorded"
@@ -308,12 +355,59 @@ def test_a_signed_push_starts_the_pipeline_and_a_bad_signature_starts_nothing(
     assert [str(e.id) for e in events] == [event_id]
     (event,) = events
     assert event.resource.id == "slipway.repo.example-app"
-    assert event.payload["branch"] == BRANCH and event.payload["commit"] == COMMIT
+    assert event.payload["branch"] == BRANCH and event.payload["commit"] == commit
     assert event.payload["delivery"] == "d-good" and event.payload["pusher"] == "alice"
-    time.sleep(1)  # a run a forged delivery caused would be there by now
-    assert len(pipeline_runs(pipeline)) == 1
+    assert event.payload["signature"].startswith("v1=")
 
-    text = log.read_text()
+    # the signed push runs: verified, checked out, its stage run
+    state = execute(first)
+    assert state.is_completed(), state
+    assert [t.name for t in task_runs(first) if t.name.startswith("ok")] != []
+
+    # the attacker, on the Prefect API: an unsigned event, a tampered one, a replay
+    resource = {"prefect.resource.id": "slipway.repo.example-app"}
+    unsigned = {"branch": "main", "commit": "f" * 40, "delivery": "d-evil"}
+    httpx.post(
+        f"{server_api}/events",
+        json=[
+            {
+                "id": str(uuid4()),
+                "occurred": now("UTC").isoformat(),
+                "event": "slipway.push",
+                "resource": resource,
+                "payload": unsigned,
+            }
+        ],
+        timeout=10,
+    ).raise_for_status()
+    emit_event("slipway.push", resource=resource, payload={**event.payload, "branch": "main"})
+    emit_event("slipway.push", resource=resource, payload=dict(event.payload))
+    runs = wait_for_runs(pipeline_deployment, 4)
+    attacks = {r.id: r for r in runs if r.id != first.id}
+    outcomes: dict[str, str] = {}
+    for run in attacks.values():
+        refused_state = execute(run)
+        assert refused_state.is_failed(), refused_state
+        sent_event = run.parameters["push"]["event"]
+        kind = (
+            "unsigned"
+            if "signature" not in sent_event
+            else "replayed"
+            if sent_event["branch"] == BRANCH
+            else "tampered"
+        )
+        outcomes[kind] = refused_state.message or ""
+        assert task_runs(run) == []  # nothing ran: no checkout, no stage
+    print("refused:", json.dumps(outcomes, indent=1))
+    assert "is not signed" in outcomes["unsigned"]
+    assert "signature does not match" in outcomes["tampered"]
+    assert f"already started flow run {first.id}" in outcomes["replayed"]
+
+    # the receiver's audit trail, on its stderr: one line per delivery
+    lines = {(line["delivery"], line["verdict"]) for line in audit(log)}
     for delivery in ("d-unsigned", "d-guessed", "d-replayed", "d-sha1"):
-        assert f"refused delivery '{delivery}'" in text and "401 signature" in text
+        assert (delivery, "refused") in lines
+    assert ("d-good", "emitted") in lines and ("d-good", "duplicate") in lines
+    assert ("d-new-id", "duplicate") in lines
+    text = log.read_text()
     assert SECRET not in text and signature(SECRET, body) not in text

@@ -34,6 +34,7 @@ from prefect.states import Paused, Running, State
 from slipway.blocks.approval import EnvironmentApproval
 from slipway.exceptions import ConfigError, PermanentError
 from slipway.tasks.approval import (
+    MAX_REASON_LENGTH,
     ApprovalClosed,
     ApprovalDecision,
     ApprovalInputRefused,
@@ -47,11 +48,19 @@ from slipway.tasks.approval import (
     request_approval,
     request_approval_suspended,
 )
+from tests.approvers import approver, code_for, decision
 
 pytestmark = pytest.mark.usefixtures("flow_env")
 
 SUMMARY = "### example-app `3f2c1ab` to **production**\n\nimage `registry/app@sha256:abc`"
-POLICY = EnvironmentApproval(approvers=["alice@example.com", "bob"], timeout_seconds=30)
+
+
+def policy(timeout_seconds: int = 30) -> EnvironmentApproval:
+    """The environment's rules, with this test's approver secrets (tests/approvers.py)."""
+    return EnvironmentApproval(
+        approvers=[approver("alice@example.com"), approver("bob")],
+        timeout_seconds=timeout_seconds,
+    )
 
 
 # --- the gated flow, run in a background thread ------------------------------------------
@@ -81,10 +90,9 @@ async def gated(token: str, timeout_seconds: int, delay: float = 0.0) -> Approva
     probe.run_ids.put(get_run_context().flow_run.id)  # type: ignore[union-attr]
     if delay:
         await asyncio.sleep(delay)  # the staging smoke test, say
-    policy = POLICY.model_copy(update={"timeout_seconds": timeout_seconds})
     record = await request_approval(
         environment="production",
-        policy=policy,
+        policy=policy(timeout_seconds),
         summary_markdown=SUMMARY,
         poll_interval=1.0,
         log=get_run_logger(),
@@ -107,7 +115,7 @@ async def gated_suspended(counter: str = "") -> ApprovalRecord:
     if counter:
         await build_image(counter)
     return await request_approval_suspended(
-        environment="production", policy=POLICY, summary_markdown=SUMMARY, log=get_run_logger()
+        environment="production", policy=policy(), summary_markdown=SUMMARY, log=get_run_logger()
     )
 
 
@@ -162,10 +170,6 @@ def run_input(run_id: UUID, key: str) -> Any:
         return json.loads(client.read_flow_run_input(run_id, key))
 
 
-def decision(approver: str, approve: bool = True, reason: str = "smoke tests green") -> Any:
-    return ApprovalDecision(approve=approve, approver=approver, reason=reason)
-
-
 # --- through the engine ---------------------------------------------------------------
 
 
@@ -178,19 +182,20 @@ def test_an_approval_continues_the_run_within_seconds_and_is_recorded() -> None:
     assert SUMMARY in description
     assert "`alice@example.com`, `bob`" in description
     schema = run_input(started.run_id, keyset["schema"])
-    assert set(schema["properties"]) == {"approve", "approver", "reason"}
+    assert set(schema["properties"]) == {"approve", "approver", "code", "reason"}
+    assert schema["properties"]["reason"]["maxLength"] == MAX_REASON_LENGTH
     assert all(p.get("description") for p in schema["properties"].values()), schema
     assert schema["properties"]["approve"]["default"] is False
 
     sent = time.monotonic()
-    approve_run(started.run_id, decision("Alice@Example.com"))
+    approve_run(started.run_id, decision("  ALICE@Example.com "))
     record = started.record()
 
     latency = started.probe.continued_at - sent  # type: ignore[operator]
     print(f"approval-to-continue latency: {latency:.2f} s")
     assert latency < 5
     assert record.decision == "approved" and record.approved
-    assert record.approver == "Alice@Example.com"
+    assert record.approver == "alice@example.com"  # the policy's entry, not what was typed
     assert record.reason == "smoke tests green"
     assert record.at.endswith("+00:00")
     assert record.refusals == ()
@@ -387,10 +392,22 @@ def test_an_approval_after_the_pause_expired_is_closed() -> None:
 
 def test_a_decision_that_does_not_fit_the_form_is_refused_by_the_server() -> None:
     run = paused_by_hand()
-    blank = ApprovalDecision.model_construct(approve=True, approver="", reason="")
+    blank = ApprovalDecision.model_construct(approve=True, approver="", reason="", code="")
 
     with pytest.raises(ApprovalInputRefused, match="refused the decision"):
         approve_run(run["id"], blank, timeout=5)
+
+
+def test_a_reason_over_the_limit_is_refused_by_the_server() -> None:
+    run = paused_by_hand()
+    huge = ApprovalDecision.model_construct(
+        approve=True, approver="bob", reason="x" * (5 * 1024 * 1024), code=code_for("bob")
+    )
+
+    with pytest.raises(ApprovalInputRefused, match="refused the decision"):
+        approve_run(run["id"], huge, timeout=5)
+    with pytest.raises(ValueError, match="at most 2000 characters"):
+        decision("bob", reason="x" * (MAX_REASON_LENGTH + 1))
 
 
 def test_approve_run_gives_up_when_nothing_waits_for_a_decision() -> None:
@@ -409,7 +426,7 @@ def test_approve_run_gives_up_when_nothing_waits_for_a_decision() -> None:
 
 
 def test_only_allowed_branches_reach_the_environment() -> None:
-    policy = EnvironmentApproval(approvers=["bob"], branches=["main", "release/*"])
+    policy = EnvironmentApproval(approvers=[approver("bob")], branches=["main", "release/*"])
 
     check_branch_allowed("main", policy)
     check_branch_allowed("release/2.1", policy)
@@ -451,3 +468,98 @@ def test_approval_markdown() -> None:
     timed_out = ApprovalRecord("production", "timed-out", None, "no decision", "t")
     assert "⌛ timed-out" in approval_markdown(timed_out)
     assert "| timed-out | - | t | no decision |" in approval_markdown(timed_out)
+
+
+# --- identity: a name proves nothing without its code, and a code counts once ---------
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def test_a_name_without_its_code_proves_nothing_and_a_used_code_counts_once() -> None:
+    started = Started()
+    paused_keyset(started.run_id)
+    alice_code = code_for("alice@example.com")
+
+    approve_run(started.run_id, decision("mallory", reason="trust me"))
+    # the same client, now typing an approver's name: without her code it is refused
+    approve_run(started.run_id, decision("  ALICE@example.com ", code=wrong(alice_code)))
+    approve_run(started.run_id, decision("bob", code=alice_code))  # her code is not his
+    approve_run(started.run_id, decision("  ALICE@example.com ", code=alice_code))
+    record = started.record()
+
+    assert (record.decision, record.approver) == ("approved", "alice@example.com")
+    assert [(r.approver, r.refused_reason) for r in record.refusals] == [
+        ("mallory", "'mallory' is not an approver of production"),
+        ("ALICE@example.com", "wrong or expired code for 'alice@example.com' (give the "
+         "current 6-digit code)"),
+        ("bob", "wrong or expired code for 'bob' (give the current 6-digit code)"),
+    ]  # fmt: skip
+    assert alice_code not in approval_markdown(record)
+
+    # her code, read from the first run's input, sent to another run: refused
+    again = Started()
+    paused_keyset(again.run_id)
+    approve_run(again.run_id, decision("alice@example.com", code=alice_code))
+    approve_run(again.run_id, decision("bob", reason="fresh code"))
+    second = again.record()
+    assert (second.decision, second.approver) == ("approved", "bob")
+    [replayed] = second.refusals
+    assert replayed.refused_reason in (
+        "that code of 'alice@example.com' was already used; wait for the next one",
+        "a newer code of 'alice@example.com' was already used",
+    )
+
+
+def test_codes_are_judged_at_arrival_and_only_forward() -> None:
+    from datetime import UTC, datetime
+
+    from slipway.tasks.approver_identity import verify_identity
+
+    policy = EnvironmentApproval(approvers=[approver("carol")])
+    now = datetime.now(UTC)
+
+    def check(code: str, holder: str, at: datetime = now) -> str | None:
+        verdict = asyncio.run(
+            verify_identity("Carol", code, policy, environment="prod", at=at, holder=holder)
+        )
+        assert verdict.approver is None or verdict.approver.name == "carol"
+        return verdict.refused_reason
+
+    assert check(code_for("carol", steps_ahead=1), "run-1/a") is None  # the next code
+    assert check(code_for("carol", steps_ahead=1), "run-1/a") is None  # same decision re-read
+    assert check(code_for("carol"), "run-2/a") == "a newer code of 'carol' was already used"
+    assert "already used" in (check(code_for("carol", steps_ahead=1), "run-3/a") or "")
+    assert "wrong or expired" in (check(code_for("carol", steps_ahead=3), "run-4/a") or "")
+    assert "wrong or expired" in (check("12345a", "run-5/a") or "")
+    later = datetime.fromtimestamp(now.timestamp() + 90, UTC)  # three steps on: a fresh code
+    assert check(code_for("carol", steps_ahead=3), "run-6/a", at=later) is None
+
+
+def test_the_prefect_cloud_actor_is_read_from_the_event_s_related_actor() -> None:
+    """Only the reading of Cloud's event is tested: no Prefect Cloud can be reached here."""
+    from prefect.events.schemas.events import Event
+
+    from slipway.tasks.approver_identity import actor_names
+
+    resumed = Event(
+        event="prefect.flow-run.Running",
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid4()}"},
+        related=[
+            {"prefect.resource.id": f"prefect.flow.{uuid4()}", "prefect.resource.role": "flow"},
+            {
+                "prefect.resource.id": f"prefect-cloud.actor.{uuid4()}",
+                "prefect.resource.role": "actor",
+                "prefect.resource.name": "Alice Example",
+                "prefect-cloud.email": "Alice@Example.com",
+                "prefect-cloud.handle": "alice",
+            },
+        ],
+    )
+    assert actor_names(resumed) == {"alice example", "alice@example.com", "alice"}
+    by_nobody = Event(
+        event="prefect.flow-run.Running",
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid4()}"},
+    )
+    assert actor_names(by_nobody) == set()
