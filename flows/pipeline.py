@@ -52,6 +52,7 @@ from slipway.tasks.junit_reports import summary_rows
 from slipway.tasks.notify import PipelineOutcome, notify_slack
 from slipway.tasks.quality_gate import gate_rows
 from slipway.tasks.security_scan import findings_rows, scan_markdown
+from slipway.tasks.stage_secrets import load_run_secrets
 from slipway.tasks.stages import (
     StageContext,
     StageFailedWithReport,
@@ -60,7 +61,8 @@ from slipway.tasks.stages import (
     stage_environment,
     stage_task,
 )
-from slipway.workspace import build_number_for_run, inside, new_workspace
+from slipway.urls import NO_USERINFO_PATTERN, check_repository_reference
+from slipway.workspace import build_number_for_run, inside, new_workspace, run_home
 
 _URLISH = re.compile(r"[/:]")
 
@@ -101,6 +103,10 @@ def load_spec(workspace: Path, spec_path: str, overrides: PipelineOverrides) -> 
 
 async def resolve_repository(repository: str) -> AppRepository:
     """A clone URL or local path as-is; anything else names an AppRepository block."""
+    try:
+        check_repository_reference(repository)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if _URLISH.search(repository):
         return AppRepository(url=repository)
     return await AppRepository.aload(repository)
@@ -385,7 +391,12 @@ async def _notify(
 )
 async def pipeline(
     repository: Annotated[
-        str, Field(description="AppRepository block name, or a clone URL / local path.")
+        str,
+        Field(
+            description="AppRepository block name, or a clone URL / local path (no "
+            "credentials in it: the server refuses a run whose URL has user:token@).",
+            json_schema_extra={"pattern": NO_USERINFO_PATTERN},
+        ),
     ],
     branch: Annotated[
         str | None, Field(description="Branch to build (default: the repository's).")
@@ -487,6 +498,8 @@ async def pipeline(
         spec: Pipeline = await spec_state.aresult()
         app = spec.app
         await ensure_stage_runners(spec)  # the deployments `work_pool:` stages run as
+        # every secret of every block the file names is masked from here on
+        stage_secrets = await load_run_secrets(spec, redactor, cluster=cluster)
         pipeline_env = {**spec.env, **overrides.env}
         build_number = build_number_for_run(app, run_id)
         run_vars = {
@@ -503,10 +516,15 @@ async def pipeline(
         docker_host = await DockerHost.aload(spec.docker_host) if spec.docker_host else None
         context = StageContext(
             workspace=workspace,
-            env=stage_environment(base=None, pipeline_env=pipeline_env, run_vars=run_vars),
+            env=stage_environment(
+                base=None,
+                pipeline_env=pipeline_env,
+                run_vars={**run_vars, "HOME": str(run_home(workspace))},
+            ),
             default_timeout=spec.defaults.timeout,
             redactor=redactor,
             pipeline_env={**pipeline_env, **run_vars},
+            stage_secrets=stage_secrets,
             revision=result.sha,
             committed_at=datetime.fromisoformat(result.committed_at),
             build_number=build_number,
@@ -573,6 +591,7 @@ async def pipeline(
         )
     if not keep_workspace:
         shutil.rmtree(workspace, ignore_errors=True)
+        shutil.rmtree(workspace.with_name(f"{workspace.name}.home"), ignore_errors=True)
     logger.info("pipeline succeeded in %.1f s", report.seconds)
     return report
 
@@ -668,5 +687,13 @@ async def _deliver(
 
 
 def run_pipeline(**parameters: Any) -> State:
-    """Run the pipeline flow from synchronous code; returns its final state."""
+    """Run the pipeline flow from synchronous code; returns its final state.
+
+    Raises:
+        ConfigError: the repository URL carries credentials (before any run exists).
+    """
+    try:
+        check_repository_reference(str(parameters.get("repository", "")))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return asyncio.run(pipeline(**parameters, return_state=True))  # type: ignore[arg-type]

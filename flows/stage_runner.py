@@ -49,13 +49,14 @@ from slipway.tasks.remote_stages import (
     record_outcome,
     runner_deployment_name,
 )
+from slipway.tasks.stage_secrets import resolve_stage_secrets
 from slipway.tasks.stages import (
     StageContext,
     StageFailedWithReport,
     execute_stage,
     stage_environment,
 )
-from slipway.workspace import new_workspace
+from slipway.workspace import new_workspace, run_home
 
 _URLISH = re.compile(r"[/:]")
 
@@ -76,6 +77,7 @@ def _run_stage(
     workspace_key: str,
     redactor: Redactor,
     log: Callable[[str], None],
+    secrets: dict[str, str],
 ) -> RemoteStageOutcome:
     """Checkout, then the stage; every failure becomes an outcome with its reason."""
     workspace = new_workspace("stage-runs", workspace_key)
@@ -92,12 +94,14 @@ def _run_stage(
         except SlipwayError as exc:
             return failed(f"checkout of {commit[:12]} on {host} failed: {exc}")
         run_vars = {**env, "SLIPWAY_WORKSPACE": str(workspace)}
+        home = {"HOME": str(run_home(workspace))}
         ctx = StageContext(
             workspace=workspace,
-            env=stage_environment(base=None, pipeline_env={}, run_vars=run_vars),
+            env=stage_environment(base=None, pipeline_env={}, run_vars={**run_vars, **home}),
             default_timeout=default_timeout,
             redactor=redactor,
             pipeline_env=run_vars,
+            stage_secrets={stage.name: secrets},
             revision=commit,
             source_url=repo.url,
         )
@@ -110,6 +114,7 @@ def _run_stage(
         return failed(str(exc))
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
+        shutil.rmtree(workspace.with_name(f"{workspace.name}.home"), ignore_errors=True)
     return RemoteStageOutcome(
         stage=stage.name,
         passed=True,
@@ -155,6 +160,8 @@ async def stage_runner(
     redactor = Redactor()
     try:
         repo = await _repository(repository)
+        # asked for by the stage itself, resolved on this machine: never a parameter
+        secrets = await resolve_stage_secrets(spec.name, spec.secrets, redactor)
     except (ValueError, SlipwayError) as exc:
         outcome = RemoteStageOutcome(stage=spec.name, passed=False, detail=str(exc))
     else:
@@ -170,6 +177,7 @@ async def stage_runner(
             str(run_id or "local"),
             redactor,
             logger.info,
+            secrets,
         )
     if run_id is not None:
         with get_client(sync_client=True) as client:

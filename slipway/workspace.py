@@ -40,6 +40,23 @@ def new_workspace(app: str, run_id: str) -> Path:
     return path
 
 
+def run_home(workspace: Path) -> Path:
+    """A fresh, private HOME for the stage commands of the run using ``workspace``.
+
+    Next to the workspace (``<workspace>.home``), not inside it, so nothing a tool
+    leaves there (caches, configs) is scanned, archived or seen by ``git status``.
+    Stages never get the worker's own HOME: its ``~/.prefect/profiles.toml``,
+    ``~/.docker/config.json``, ``~/.git-credentials`` and ``~/.kube/config`` are not
+    where their tools look (GitHub's runner gives a job the runner user's HOME; a
+    per-run HOME also keeps one run's leftovers from the next).
+    """
+    home = workspace.with_name(f"{workspace.name}.home")
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(mode=0o700, parents=True)
+    return home
+
+
 def build_number_for_run(app: str, run_id: str) -> int:
     """The run's build number: a new one the first time, the same one when the run
     executes again (resumed after a suspended approval), so its commits and image tags

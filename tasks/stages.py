@@ -26,7 +26,7 @@ from prefect.logging import get_run_logger
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from wcmatch import glob
 
-from slipway.exceptions import ReportError, StageFailed
+from slipway.exceptions import ConfigError, ReportError, StageFailed
 from slipway.redact import Redactor
 from slipway.spec import Stage
 from slipway.tasks.artifacts import ArchivedFile, archive_artifacts
@@ -56,9 +56,11 @@ PREFECT_TIMEOUT_MARGIN_SECONDS = 5.0
 class StageContext:
     """Everything a stage needs from the run, passed explicitly (tasks read no globals).
 
-    ``env`` is what host commands see (the worker's environment plus the pipeline's);
-    ``pipeline_env`` is the part that goes into containers, which must not inherit the
-    worker's environment.
+    ``env`` is what host commands see (:func:`stage_environment`: a short allowlist of
+    the worker's variables, the pipeline's and slipway's run variables, never the
+    worker's credentials); ``pipeline_env`` is the part that goes into containers.
+    ``stage_secrets`` holds what each stage asked for in its ``secrets:``; only that
+    stage gets it.
     """
 
     workspace: Path
@@ -66,6 +68,9 @@ class StageContext:
     default_timeout: float
     redactor: Redactor = field(default_factory=Redactor, compare=False)
     pipeline_env: Mapping[str, str] = field(default_factory=dict)
+    stage_secrets: Mapping[str, Mapping[str, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     revision: str = ""
     # the commit's time: the image's OCI "created" label, so rebuilding a commit gives
     # the same image (and digest), as SOURCE_DATE_EPOCH does for reproducible builds
@@ -203,12 +208,13 @@ def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str]
     assert stage.run is not None
     cwd = inside(ctx.workspace, stage.dir)
     timeout = stage.timeout or ctx.default_timeout
+    secrets = ctx.stage_secrets.get(stage.name, {})
     if stage.container is None:
         return run_commands(
             stage.run,
             stage=stage.name,
             cwd=cwd,
-            env={**ctx.env, **stage.env},
+            env={**ctx.env, **stage.env, **secrets},
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -222,7 +228,7 @@ def _run_commands_somewhere(stage: Stage, ctx: StageContext, log: Callable[[str]
             stage=stage.name,
             workspace=ctx.workspace,
             cwd=cwd,
-            env={**ctx.pipeline_env, **stage.env},
+            env={**ctx.pipeline_env, **stage.env, **secrets},
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -469,8 +475,45 @@ def stage_task(
     return _base_stage_task.with_options(**options)
 
 
+# What stage commands get from the worker's environment, by name: what programs need
+# to run at all, nothing that authenticates (a worker's cloud keys, PREFECT_API_*,
+# SLIPWAY_WEBHOOK_SECRET never reach a stage). HOME is the run's own (see
+# slipway.workspace.run_home), so ~/.prefect, ~/.docker, ~/.git-credentials and
+# ~/.kube of the worker's user are not where a stage's tools look.
+WORKER_ENV_ALLOWED = frozenset({"PATH", "LANG", "TZ", "TMPDIR", "TERM", "USER"})
+WORKER_ENV_ALLOWED_PREFIXES = ("LC_",)
+# An operator may pass more of the worker's variables, by name (proxies, CA bundles):
+# SLIPWAY_STAGE_PASS_ENV="SSL_CERT_FILE,HTTPS_PROXY". Never these:
+PASS_ENV_VARIABLE = "SLIPWAY_STAGE_PASS_ENV"
+NEVER_PASSED_PREFIXES = ("PREFECT_",)
+NEVER_PASSED = frozenset({"SLIPWAY_WEBHOOK_SECRET"})
+
+
+def _passed_by_operator(base: Mapping[str, str]) -> set[str]:
+    names = {n.strip() for n in base.get(PASS_ENV_VARIABLE, "").split(",") if n.strip()}
+    refused = sorted(n for n in names if n in NEVER_PASSED or n.startswith(NEVER_PASSED_PREFIXES))
+    if refused:
+        raise ConfigError(
+            f"{PASS_ENV_VARIABLE} names {', '.join(refused)}: these never reach a stage "
+            "(give a stage what it needs with the pipeline file's env: or secrets:)"
+        )
+    return names
+
+
+def worker_env_for_stages(base: Mapping[str, str]) -> dict[str, str]:
+    """The part of the worker's environment that stage commands may see."""
+    allowed = WORKER_ENV_ALLOWED | _passed_by_operator(base)
+    return {
+        name: value
+        for name, value in base.items()
+        if name in allowed or name.startswith(WORKER_ENV_ALLOWED_PREFIXES)
+    }
+
+
 def stage_environment(
     *, base: Mapping[str, str] | None, pipeline_env: Mapping[str, str], run_vars: Mapping[str, str]
 ) -> dict[str, str]:
-    """The environment commands see: the worker's, then the pipeline's, then slipway's."""
-    return {**(os.environ if base is None else base), **pipeline_env, **run_vars}
+    """The environment commands see: the allowed part of the worker's (``base``, default
+    this process's), then the pipeline's, then slipway's run variables (HOME among them)."""
+    allowed = worker_env_for_stages(os.environ if base is None else base)
+    return {**allowed, **pipeline_env, **run_vars}
