@@ -155,6 +155,9 @@ def scale_out(
                     "e2e-box",
                     home / "e2e-box",
                     SLIPWAY_TEST_MACHINE="e2e-box",
+                    # stages see only an allowlist of the worker's variables; an
+                    # operator passes more by name
+                    SLIPWAY_STAGE_PASS_ENV="SLIPWAY_TEST_MACHINE",
                 ),  # fmt: skip
             ]
             _wait_online(setup.workers)
