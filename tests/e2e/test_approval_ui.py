@@ -84,8 +84,10 @@ class PrefectUI:
         return f"{self.base}{prefix}/runs/flow-run/{run_id}"
 
     async def log_in(self, page: Page, auth_string: str) -> None:
-        """The server has API authentication on: the UI shows its login form before
-        anything else; the person types the auth string (``user:password``)."""
+        """The server has API authentication on: the person opens the UI's login page
+        and types the auth string (``user:password``); the UI keeps it for the origin."""
+        prefix = "/v2" if self.version == "v2" else ""
+        await page.goto(f"{self.base}{prefix}/login")
         password = page.get_by_placeholder("admin:pass")
         await expect(password).to_be_visible()
         await password.fill(auth_string)
@@ -163,8 +165,8 @@ async def decide_in_the_ui(
     """
 
     async def open_and_log_in(page: Page) -> None:
-        await page.goto(ui.run_page(run_id))
         await ui.log_in(page, API_AUTH_STRING)
+        await page.goto(ui.run_page(run_id))
 
     async with chromium_page(chromium, evidence_dir) as page:
         await asyncio.gather(open_and_log_in(page), asyncio.to_thread(wait_for_form, run_id))
