@@ -94,6 +94,8 @@ def _run_pipeline(
             print(f"image pushed: {report.pushed_image.ref}")
         if report.run_url:
             print(f"watch it in the Prefect UI: {report.run_url}")
+            if access.auth_string:
+                print(f"  (log in with the API auth string: {access.where_to_find()})")
     else:
         print(f"pipeline ended in state {state.name}: {state.message}")
     return 0 if state.is_completed() else 1

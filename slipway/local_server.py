@@ -53,6 +53,13 @@ class ServerAccess:
         """For ``prefect.settings.temporary_settings``."""
         return {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string}
 
+    def where_to_find(self) -> str:
+        """Where a person finds the auth string (never the string itself)."""
+        local = slipway_home() / "prefect" / AUTH_STRING_FILE
+        if local.exists() and local.read_text().strip() == self.auth_string:
+            return str(local)
+        return "$PREFECT_API_AUTH_STRING"
+
     def environment(self) -> dict[str, str]:
         """For a child process (a worker, ``prefect`` commands)."""
         env = {"PREFECT_API_URL": self.api_url}

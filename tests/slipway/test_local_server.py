@@ -33,6 +33,15 @@ def test_the_auth_string_is_made_once_and_kept_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_person_is_told_where_the_string_is_never_the_string(slipway_home: Path) -> None:
+    local = local_auth_string(slipway_home / "prefect")
+
+    assert ServerAccess("http://x/api", local).where_to_find() == str(
+        slipway_home / "prefect" / AUTH_STRING_FILE
+    )
+    assert ServerAccess("http://x/api", "ops:other").where_to_find() == "$PREFECT_API_AUTH_STRING"
+
+
 def test_the_server_refuses_calls_without_the_auth_string(prefect_server: str) -> None:
     user, password = API_AUTH_STRING.split(":", 1)
 
