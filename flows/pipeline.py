@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import logging
 import re
-import shutil
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -62,7 +61,13 @@ from slipway.tasks.stages import (
     stage_task,
 )
 from slipway.urls import NO_USERINFO_PATTERN, check_repository_reference
-from slipway.workspace import build_number_for_run, inside, new_workspace, run_home
+from slipway.workspace import (
+    build_number_for_run,
+    inside,
+    new_workspace,
+    remove_workspace,
+    run_home,
+)
 
 _URLISH = re.compile(r"[/:]")
 
@@ -590,8 +595,7 @@ async def pipeline(
             data=report,
         )
     if not keep_workspace:
-        shutil.rmtree(workspace, ignore_errors=True)
-        shutil.rmtree(workspace.with_name(f"{workspace.name}.home"), ignore_errors=True)
+        remove_workspace(workspace)
     logger.info("pipeline succeeded in %.1f s", report.seconds)
     return report
 

@@ -25,7 +25,6 @@ pull step. A worker of the pool is all that is needed there::
 
 import asyncio
 import re
-import shutil
 import socket
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -56,7 +55,7 @@ from slipway.tasks.stages import (
     execute_stage,
     stage_environment,
 )
-from slipway.workspace import new_workspace, run_home
+from slipway.workspace import new_workspace, remove_workspace, run_home
 
 _URLISH = re.compile(r"[/:]")
 
@@ -113,8 +112,7 @@ def _run_stage(
     except SlipwayError as exc:
         return failed(str(exc))
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
-        shutil.rmtree(workspace.with_name(f"{workspace.name}.home"), ignore_errors=True)
+        remove_workspace(workspace)
     return RemoteStageOutcome(
         stage=stage.name,
         passed=True,

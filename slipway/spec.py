@@ -84,9 +84,8 @@ Retries = Annotated[RetryPolicy, BeforeValidator(_retries_from_int)]
 
 
 BLOCK_REF_PATTERN = r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*$"  # Prefect's slug rules
-# what a stage may not receive from a block: slipway's own run variables and the two
-# names the stage environment is built on
-RESERVED_SECRET_NAMES = ("PATH", "HOME")
+# names a stage's secrets may not take: slipway sets them (besides SLIPWAY_*)
+RESERVED_SECRET_NAMES = ("PATH", "HOME", "CI")
 
 
 class SecretRef(StrictModel):

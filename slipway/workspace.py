@@ -50,11 +50,21 @@ def run_home(workspace: Path) -> Path:
     where their tools look (GitHub's runner gives a job the runner user's HOME; a
     per-run HOME also keeps one run's leftovers from the next).
     """
-    home = workspace.with_name(f"{workspace.name}.home")
+    home = _home_of(workspace)
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(mode=0o700, parents=True)
     return home
+
+
+def _home_of(workspace: Path) -> Path:
+    return workspace.with_name(f"{workspace.name}.home")
+
+
+def remove_workspace(workspace: Path) -> None:
+    """Remove a run's workspace and its HOME (:func:`run_home`)."""
+    shutil.rmtree(workspace, ignore_errors=True)
+    shutil.rmtree(_home_of(workspace), ignore_errors=True)
 
 
 def build_number_for_run(app: str, run_id: str) -> int:

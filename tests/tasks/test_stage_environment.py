@@ -19,7 +19,7 @@ from slipway.tasks.stages import (
     stage_environment,
     worker_env_for_stages,
 )
-from slipway.workspace import run_home
+from slipway.workspace import remove_workspace, run_home
 
 # What a worker's environment held in the security review, and what a stage printed.
 WORKER = {
@@ -92,6 +92,10 @@ def test_run_home_is_fresh_private_and_outside_the_workspace(tmp_path: Path) -> 
     assert again == home and not (home / "leftover").exists()
     assert workspace not in home.parents and home.parent == workspace.parent
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+    remove_workspace(workspace)
+
+    assert not workspace.exists() and not home.exists()
 
 
 def _context(
