@@ -32,7 +32,7 @@ from slipway.blocks.git import AppRepository
 from slipway.blocks.gitops import ManifestsRepository
 from slipway.flows.pipeline import run_pipeline
 from tests.conftest import API_AUTH_STRING
-from tests.flows.prefect_api import artifacts, logs
+from tests.flows.prefect_api import api_auth, artifacts, logs
 
 pytestmark = pytest.mark.usefixtures("on_server")
 
@@ -174,7 +174,7 @@ def test_a_branch_stage_reaches_no_secret_of_the_worker_or_the_server(
     allowed = httpx.post(
         f"{on_server}/block_documents/filter",
         json={"include_secrets": True},
-        auth=tuple(API_AUTH_STRING.split(":", 1)),  # type: ignore[arg-type]
+        auth=api_auth(),
         timeout=10,
     )
     assert allowed.status_code == 200 and REGISTRY_PASSWORD in allowed.text
