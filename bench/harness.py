@@ -96,7 +96,7 @@ def prefect_server(home: Path, port: int | None = None) -> Iterator[PrefectServe
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     started = time.monotonic()
-    auth = local_auth_string(home)
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or local_auth_string(home)
     proc = start_server("127.0.0.1", port, home, auth_string=auth)
     try:
         wait_healthy(url, SERVER_START_TIMEOUT, proc)
