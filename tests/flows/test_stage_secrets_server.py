@@ -20,19 +20,18 @@ import base64
 import hashlib
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prefect.blocks.system import Secret
 from prefect_docker import DockerRegistryCredentials
-from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
 from slipway.blocks.git import AppRepository
 from slipway.blocks.gitops import ManifestsRepository
 from slipway.flows.pipeline import run_pipeline
 from tests.conftest import API_AUTH_STRING
 from tests.flows.prefect_api import api_auth, artifacts, logs
+from tests.tasks.test_stage_secrets import save_token_cluster
 
 pytestmark = pytest.mark.usefixtures("on_server")
 
@@ -67,17 +66,7 @@ except urllib.error.HTTPError as exc:
 
 
 def _save_blocks() -> None:
-    kubeconfig: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "users": [{"name": "u", "user": {"token": KUBE_TOKEN}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }
-    KubernetesCredentials(
-        cluster_config=KubernetesClusterConfig(config=kubeconfig, context_name="c")
-    ).save("exfil-cluster", overwrite=True)
+    save_token_cluster("exfil-cluster", KUBE_TOKEN)
     DockerRegistryCredentials(
         username="ci", password=REGISTRY_PASSWORD, registry_url="127.0.0.1:5999"
     ).save("exfil-registry", overwrite=True)

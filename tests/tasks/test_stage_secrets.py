@@ -59,18 +59,23 @@ def test_the_blocks_a_file_names_are_listed_with_where_they_are_named() -> None:
     ]
 
 
-def test_every_named_block_is_registered_before_any_stage_asks() -> None:
+def save_token_cluster(name: str, token: str) -> None:
+    """A KubernetesCredentials block whose kubeconfig user logs in with ``token``."""
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
-        "users": [{"name": "u", "user": {"token": KUBE_TOKEN}}],
+        "users": [{"name": "u", "user": {"token": token}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         "current-context": "c",
     }
     KubernetesCredentials(
         cluster_config=KubernetesClusterConfig(config=kubeconfig, context_name="c")
-    ).save("unit-cluster", overwrite=True)
+    ).save(name, overwrite=True)
+
+
+def test_every_named_block_is_registered_before_any_stage_asks() -> None:
+    save_token_cluster("unit-cluster", KUBE_TOKEN)
     DockerRegistryCredentials(
         username="ci", password=REGISTRY_PASSWORD, registry_url="127.0.0.1:5999"
     ).save("unit-registry", overwrite=True)
