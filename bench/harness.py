@@ -30,13 +30,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
     PREFECT_API_URL,
     PREFECT_RESULTS_LOCAL_STORAGE_PATH,
     temporary_settings,
 )
 
 from slipway.flows.pipeline import run_pipeline
-from slipway.local_server import start_server, wait_healthy
+from slipway.local_server import local_auth_string, start_server, wait_healthy
 from slipway.report import PipelineReport
 from tests.servers.git_http import commit_files, make_bare_repo
 
@@ -95,11 +96,13 @@ def prefect_server(home: Path, port: int | None = None) -> Iterator[PrefectServe
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     started = time.monotonic()
-    proc = start_server("127.0.0.1", port, home)
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or local_auth_string(home)
+    proc = start_server("127.0.0.1", port, home, auth_string=auth)
     try:
         wait_healthy(url, SERVER_START_TIMEOUT, proc)
         server = PrefectServer(url, proc.pid, home, round(time.monotonic() - started, 2))
-        with temporary_settings({PREFECT_API_URL: url}):
+        # start_server turned API authentication on; the client sends the string
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
             yield server
     finally:
         # start_server made it a session (and group) leader: end that group, ours alone.

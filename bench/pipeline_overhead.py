@@ -17,6 +17,7 @@ Prefect's own log output goes to ``bench/results/bench-log.tmp`` (git-ignored).
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -41,6 +42,9 @@ _PORT = _free_port()
 # send its logs there, costing seconds of CPU in the middle of a measurement.
 os.environ["PREFECT_HOME"] = str(_SCRATCH / "client-prefect-home")
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
+# the server runs with API authentication (slipway.local_server), so every client and
+# child process of the benchmark sends this string
+os.environ["PREFECT_API_AUTH_STRING"] = f"bench:{secrets.token_urlsafe(24)}"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_API_LOG_RETRYABLE_ERRORS"] = "true"  # the server says what it answered 503
 

@@ -62,6 +62,7 @@ from slipway.tasks.notify import PipelineOutcome, notify_slack
 from slipway.tasks.process_tree import cancel_requested
 from slipway.tasks.quality_gate import gate_rows
 from slipway.tasks.security_scan import findings_rows, scan_markdown
+from slipway.tasks.stage_secrets import load_run_secrets
 from slipway.tasks.stages import (
     StageContext,
     StageFailedWithReport,
@@ -72,12 +73,14 @@ from slipway.tasks.stages import (
 )
 from slipway.tasks.trigger import PushTrigger, verify_push_trigger
 from slipway.tasks.workspace_capture import CannotRestore, restore_reused
+from slipway.urls import NO_USERINFO_PATTERN, check_repository_reference
 from slipway.workspace import (
     build_number_for_run,
     default_results_path,
     finish_workspace,
     inside,
     new_workspace,
+    run_home,
 )
 
 _URLISH = re.compile(r"[/:]")
@@ -119,6 +122,10 @@ def load_spec(workspace: Path, spec_path: str, overrides: PipelineOverrides) -> 
 
 async def resolve_repository(repository: str) -> AppRepository:
     """A clone URL or local path as-is; anything else names an AppRepository block."""
+    try:
+        check_repository_reference(repository)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if _URLISH.search(repository):
         return AppRepository(url=repository)
     return await AppRepository.aload(repository)
@@ -435,7 +442,12 @@ async def _notify(
 )
 async def pipeline(
     repository: Annotated[
-        str, Field(description="AppRepository block name, or a clone URL / local path.")
+        str,
+        Field(
+            description="AppRepository block name, or a clone URL / local path (no "
+            "credentials in it: the server refuses a run whose URL has user:token@).",
+            json_schema_extra={"pattern": NO_USERINFO_PATTERN},
+        ),
     ],
     branch: Annotated[
         str | None, Field(description="Branch to build (default: the repository's).")
@@ -563,6 +575,8 @@ async def pipeline(
         spec: Pipeline = await spec_state.aresult()
         app = spec.app
         await ensure_stage_runners(spec)  # the deployments `work_pool:` stages run as
+        # every secret of every block the file names is masked from here on
+        stage_secrets = await load_run_secrets(spec, redactor, cluster=cluster)
         pipeline_env = {**spec.env, **overrides.env}
         build_number = build_number_for_run(app, run_id)
         run_vars = {
@@ -579,10 +593,15 @@ async def pipeline(
         docker_host = await DockerHost.aload(spec.docker_host) if spec.docker_host else None
         context = StageContext(
             workspace=workspace,
-            env=stage_environment(base=None, pipeline_env=pipeline_env, run_vars=run_vars),
+            env=stage_environment(
+                base=None,
+                pipeline_env=pipeline_env,
+                run_vars={**run_vars, "HOME": str(run_home(workspace))},
+            ),
             default_timeout=spec.defaults.timeout,
             redactor=redactor,
             pipeline_env={**pipeline_env, **run_vars},
+            stage_secrets=stage_secrets,
             revision=result.sha,
             committed_at=datetime.fromisoformat(result.committed_at),
             build_number=build_number,
@@ -769,7 +788,14 @@ def run_pipeline(**parameters: Any) -> State:
     Prefect's result files go under ``$SLIPWAY_HOME/prefect-results`` unless
     ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` says otherwise (Prefect's default,
     ``~/.prefect/storage``, would mix every project's results).
+
+    Raises:
+        ConfigError: the repository URL carries credentials (before any run exists).
     """
+    try:
+        check_repository_reference(str(parameters.get("repository", "")))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     path = PREFECT_RESULTS_LOCAL_STORAGE_PATH.value()
     if Path(path) == Path(PREFECT_HOME.value()) / "storage":
         path = default_results_path()

@@ -25,7 +25,6 @@ pull step. A worker of the pool is all that is needed there::
 
 import asyncio
 import re
-import shutil
 import socket
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -49,13 +48,14 @@ from slipway.tasks.remote_stages import (
     record_outcome,
     runner_deployment_name,
 )
+from slipway.tasks.stage_secrets import resolve_stage_secrets
 from slipway.tasks.stages import (
     StageContext,
     StageFailedWithReport,
     execute_stage,
     stage_environment,
 )
-from slipway.workspace import new_workspace
+from slipway.workspace import new_workspace, remove_workspace, run_home
 
 _URLISH = re.compile(r"[/:]")
 
@@ -76,6 +76,7 @@ def _run_stage(
     workspace_key: str,
     redactor: Redactor,
     log: Callable[[str], None],
+    secrets: dict[str, str],
 ) -> RemoteStageOutcome:
     """Checkout, then the stage; every failure becomes an outcome with its reason."""
     workspace = new_workspace("stage-runs", workspace_key)
@@ -92,12 +93,14 @@ def _run_stage(
         except SlipwayError as exc:
             return failed(f"checkout of {commit[:12]} on {host} failed: {exc}")
         run_vars = {**env, "SLIPWAY_WORKSPACE": str(workspace)}
+        home = {"HOME": str(run_home(workspace))}
         ctx = StageContext(
             workspace=workspace,
-            env=stage_environment(base=None, pipeline_env={}, run_vars=run_vars),
+            env=stage_environment(base=None, pipeline_env={}, run_vars={**run_vars, **home}),
             default_timeout=default_timeout,
             redactor=redactor,
             pipeline_env=run_vars,
+            stage_secrets={stage.name: secrets},
             revision=commit,
             source_url=repo.url,
         )
@@ -109,7 +112,7 @@ def _run_stage(
     except SlipwayError as exc:
         return failed(str(exc))
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        remove_workspace(workspace)
     return RemoteStageOutcome(
         stage=stage.name,
         passed=True,
@@ -155,6 +158,8 @@ async def stage_runner(
     redactor = Redactor()
     try:
         repo = await _repository(repository)
+        # asked for by the stage itself, resolved on this machine: never a parameter
+        secrets = await resolve_stage_secrets(spec.name, spec.secrets, redactor)
     except (ValueError, SlipwayError) as exc:
         outcome = RemoteStageOutcome(stage=spec.name, passed=False, detail=str(exc))
     else:
@@ -170,6 +175,7 @@ async def stage_runner(
             str(run_id or "local"),
             redactor,
             logger.info,
+            secrets,
         )
     if run_id is not None:
         with get_client(sync_client=True) as client:

@@ -53,13 +53,13 @@ def _run_pipeline(
     prepare: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     **extra: Any,
 ) -> int:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from slipway.local_server import ensure_server
 
-    api_url = ensure_server()
+    access = ensure_server()
     with (
-        temporary_settings({PREFECT_API_URL: api_url}),
+        temporary_settings(access.settings()),
         prepare() if prepare else contextlib.nullcontext(),
     ):
         from slipway.flows.pipeline import run_pipeline
@@ -99,6 +99,8 @@ def _run_pipeline(
             print(f"workspace kept: {report.workspace}")
         if report.run_url:
             print(f"watch it in the Prefect UI: {report.run_url}")
+            if access.auth_string:
+                print(f"  (log in with the API auth string: {access.where_to_find()})")
     else:
         print(f"pipeline ended in state {state.name}: {state.message}")
     return exit_code(state)
@@ -131,6 +133,12 @@ def repository_argument(text: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from slipway.urls import check_repository_reference
+
+    try:  # before any server or run: a run's parameters are stored
+        check_repository_reference(args.repository)
+    except ValueError as exc:
+        raise SystemExit(f"slipway run: {exc}") from None
     return _run_pipeline(repository_argument(args.repository), args)
 
 
@@ -203,25 +211,36 @@ def _approval_code(args: argparse.Namespace) -> int:
 
 
 def _server(_args: argparse.Namespace) -> int:
-    from slipway.local_server import ensure_server
+    from slipway.local_server import AUTH_STRING_FILE, ensure_server
+    from slipway.workspace import slipway_home
 
-    url = ensure_server()
-    print(f"Prefect API: {url}\nPrefect UI:  {url.removesuffix('/api')}")
+    access = ensure_server()
+    url = access.api_url
+    print(
+        f"Prefect API: {url}\nPrefect UI:  {url.removesuffix('/api')} (log in with the auth string)"
+    )
+    if access.auth_string:
+        where = slipway_home() / "prefect" / AUTH_STRING_FILE
+        print(
+            f"clients and workers need:\n  export PREFECT_API_URL={url}\n"
+            f'  export PREFECT_API_AUTH_STRING="$(cat {where})"'
+        )
     return 0
 
 
 def _webhook(args: argparse.Namespace) -> int:
     import logging
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from slipway.local_server import ensure_server
     from slipway.webhook import EVENT_NAME, WebhookServer, load_secret
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     secret = None if args.secret_block else load_secret()  # fail before any server starts
-    api_url = ensure_server()
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    access = ensure_server()
+    api_url = access.api_url
+    with temporary_settings(access.settings()):
         server = WebhookServer(
             secret=secret or load_secret(args.secret_block),
             host=args.host,

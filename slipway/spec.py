@@ -92,6 +92,31 @@ class RetryPolicy(StrictModel):
 Retries = Annotated[RetryPolicy, BeforeValidator(_retries_from_int)]
 
 
+BLOCK_REF_PATTERN = r"^[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*$"  # Prefect's slug rules
+# names a stage's secrets may not take: slipway sets them (besides SLIPWAY_*)
+RESERVED_SECRET_NAMES = ("PATH", "HOME", "CI")
+
+
+class SecretRef(StrictModel):
+    """One secret a stage asks for: a field of a saved Prefect block.
+
+    ``block`` is Prefect's block slug, ``<block-type-slug>/<block-name>`` (what
+    ``prefect block ls`` shows, e.g. ``docker-registry-credentials/prod``); ``field``
+    a dotted path into it (``password``, ``webhook.url``); default ``value`` (Prefect's
+    ``secret`` block).
+    """
+
+    block: str = Field(
+        pattern=BLOCK_REF_PATTERN,
+        description="Block slug: <block-type-slug>/<block-name>, e.g. secret/db-password.",
+    )
+    field: str = Field(
+        default="value",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="Dotted path of the field in the block (default: value).",
+    )
+
+
 class PushImageSpec(StrictModel):
     """Push the image an earlier ``build_image`` stage built, to that stage's registry."""
 
@@ -140,6 +165,12 @@ class Stage(StrictModel):
     )
     dir: RelPath = Field(default=".", description="Working directory inside the workspace.")
     env: EnvMap = Field(default_factory=dict, description="Extra environment variables.")
+    secrets: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], SecretRef] = Field(
+        default_factory=dict,
+        description="Environment variables this stage alone gets from block fields "
+        "(masked in all output), e.g. {REGISTRY_PASSWORD: {block: "
+        "docker-registry-credentials/prod, field: password}}.",
+    )
     timeout: float | None = Field(
         default=None, gt=0, le=86400, description="Seconds before the stage is killed."
     )
@@ -237,6 +268,14 @@ class Stage(StrictModel):
                     f"dependency_cache path {home_paths[0]!r}: '~' is the worker's HOME, not "
                     "the container's; cache a workspace path in a container stage"
                 )
+        if self.secrets:
+            if self.run is None:
+                raise ValueError("'secrets' goes with 'run' only")
+            for name in self.secrets:
+                if name in self.env:
+                    raise ValueError(f"secrets.{name}: also set in 'env' (give it once)")
+                if name in RESERVED_SECRET_NAMES or name.startswith("SLIPWAY_"):
+                    raise ValueError(f"secrets.{name}: a name slipway sets itself")
         if self.allow_inconclusive and self.kind not in ("quality_gate", "security_scan"):
             raise ValueError("'allow_inconclusive' goes with quality_gate or security_scan only")
         if self.parallel is not None:

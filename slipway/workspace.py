@@ -54,7 +54,7 @@ def new_workspace(app: str, run_id: str, *, lock: bool = False) -> Path:
     so that pruning by other runs leaves it alone.
     """
     path = slipway_home() / "workspaces" / app / run_id
-    _remove(path)
+    remove_workspace(path)
     path.mkdir(parents=True)
     if lock:
         held = path.with_name(f"{path.name}.lock").open("w")
@@ -63,9 +63,32 @@ def new_workspace(app: str, run_id: str, *, lock: bool = False) -> Path:
     return path
 
 
-def _remove(workspace: Path) -> None:
-    """A workspace and what lives next to it (its stages' handover files, its lock)."""
+def run_home(workspace: Path) -> Path:
+    """A fresh, private HOME for the stage commands of the run using ``workspace``.
+
+    Next to the workspace (``<workspace>.home``), not inside it, so nothing a tool
+    leaves there (caches, configs) is scanned, archived or seen by ``git status``.
+    Stages never get the worker's own HOME: its ``~/.prefect/profiles.toml``,
+    ``~/.docker/config.json``, ``~/.git-credentials`` and ``~/.kube/config`` are not
+    where their tools look (GitHub's runner gives a job the runner user's HOME; a
+    per-run HOME also keeps one run's leftovers from the next).
+    """
+    home = _home_of(workspace)
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(mode=0o700, parents=True)
+    return home
+
+
+def _home_of(workspace: Path) -> Path:
+    return workspace.with_name(f"{workspace.name}.home")
+
+
+def remove_workspace(workspace: Path) -> None:
+    """A workspace and what lives next to it (its stages' HOME and handover files, its
+    lock)."""
     shutil.rmtree(workspace, ignore_errors=True)
+    shutil.rmtree(_home_of(workspace), ignore_errors=True)
     shutil.rmtree(workspace.with_name(f"{workspace.name}.stages"), ignore_errors=True)
     workspace.with_name(f"{workspace.name}.lock").unlink(missing_ok=True)
 
@@ -133,7 +156,7 @@ def prune_workspaces(
         p for index, p in enumerate(kept) if index >= retention.keep or p.stat().st_mtime < oldest
     ]
     for path in removed:
-        _remove(path)
+        remove_workspace(path)
     return removed
 
 
@@ -145,7 +168,7 @@ def finish_workspace(workspace: Path, *, keep: bool, retention: Retention | None
     """
     lock = _LOCKS.pop(workspace, None)
     if not keep:
-        _remove(workspace)
+        remove_workspace(workspace)
     if lock is not None:
         lock.close()
     if keep:

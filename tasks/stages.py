@@ -30,7 +30,7 @@ from prefect.transactions import get_transaction
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from wcmatch import glob
 
-from slipway.exceptions import ReportError, StageCancelled, StageFailed
+from slipway.exceptions import ConfigError, ReportError, StageCancelled, StageFailed
 from slipway.redact import Redactor
 from slipway.spec import Stage
 from slipway.tasks.artifacts import ArchivedFile, archive_artifacts
@@ -81,9 +81,11 @@ PREFECT_TIMEOUT_MARGIN_SECONDS = 5.0
 class StageContext:
     """Everything a stage needs from the run, passed explicitly (tasks read no globals).
 
-    ``env`` is what host commands see (the worker's environment plus the pipeline's);
-    ``pipeline_env`` is the part that goes into containers, which must not inherit the
-    worker's environment.
+    ``env`` is what host commands see (:func:`stage_environment`: a short allowlist of
+    the worker's variables, the pipeline's and slipway's run variables, never the
+    worker's credentials); ``pipeline_env`` is the part that goes into containers.
+    ``stage_secrets`` holds what each stage asked for in its ``secrets:``; only that
+    stage gets it.
     """
 
     workspace: Path
@@ -91,6 +93,9 @@ class StageContext:
     default_timeout: float
     redactor: Redactor = field(default_factory=Redactor, compare=False)
     pipeline_env: Mapping[str, str] = field(default_factory=dict)
+    stage_secrets: Mapping[str, Mapping[str, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     revision: str = ""
     # the commit's time: the image's OCI "created" label, so rebuilding a commit gives
     # the same image (and digest), as SOURCE_DATE_EPOCH does for reproducible builds
@@ -280,13 +285,17 @@ def _run_commands_somewhere(  # noqa: ANN202
     assert stage.run is not None
     cwd = inside(ctx.workspace, stage.dir)
     timeout = stage.timeout or ctx.default_timeout
+    secrets = ctx.stage_secrets.get(stage.name, {})
     if stage.container is None:
         base = with_handovers(ctx.env, [r.handover for r in upstream])
         return run_commands(
             stage.run,
             stage=stage.name,
             cwd=cwd,
-            env=_with_stage_env(stage, {**base, **(files.variables if files else {})}),
+            env={
+                **_with_stage_env(stage, {**base, **(files.variables if files else {})}),
+                **secrets,
+            },
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -300,7 +309,7 @@ def _run_commands_somewhere(  # noqa: ANN202
             stage=stage.name,
             workspace=ctx.workspace,
             cwd=cwd,
-            env=_with_stage_env(stage, ctx.pipeline_env),
+            env={**_with_stage_env(stage, ctx.pipeline_env), **secrets},
             timeout=timeout,
             redactor=ctx.redactor,
             log=log,
@@ -612,9 +621,47 @@ def stage_task(
     return _base_stage_task.with_options(**options)
 
 
+# What stage commands get from the worker's environment, by name: what programs need
+# to run at all, nothing that authenticates (a worker's cloud keys, PREFECT_API_*,
+# SLIPWAY_WEBHOOK_SECRET never reach a stage). HOME is the run's own (see
+# slipway.workspace.run_home), so ~/.prefect, ~/.docker, ~/.git-credentials and
+# ~/.kube of the worker's user are not where a stage's tools look.
+WORKER_ENV_ALLOWED = frozenset({"PATH", "LANG", "TZ", "TMPDIR", "TERM", "USER"})
+WORKER_ENV_ALLOWED_PREFIXES = ("LC_",)
+# An operator may pass more of the worker's variables, by name (proxies, CA bundles):
+# SLIPWAY_STAGE_PASS_ENV="SSL_CERT_FILE,HTTPS_PROXY". Never these:
+PASS_ENV_VARIABLE = "SLIPWAY_STAGE_PASS_ENV"
+NEVER_PASSED_PREFIXES = ("PREFECT_",)
+NEVER_PASSED = frozenset({"SLIPWAY_WEBHOOK_SECRET"})
+
+
+def _passed_by_operator(base: Mapping[str, str]) -> set[str]:
+    names = {n.strip() for n in base.get(PASS_ENV_VARIABLE, "").split(",") if n.strip()}
+    refused = sorted(n for n in names if n in NEVER_PASSED or n.startswith(NEVER_PASSED_PREFIXES))
+    if refused:
+        raise ConfigError(
+            f"{PASS_ENV_VARIABLE} names {', '.join(refused)}: these never reach a stage "
+            "(give a stage what it needs with the pipeline file's env: or secrets:)"
+        )
+    return names
+
+
+def worker_env_for_stages(base: Mapping[str, str]) -> dict[str, str]:
+    """The part of the worker's environment that stage commands may see."""
+    allowed = WORKER_ENV_ALLOWED | _passed_by_operator(base)
+    return {
+        name: value
+        for name, value in base.items()
+        if name in allowed or name.startswith(WORKER_ENV_ALLOWED_PREFIXES)
+    }
+
+
 def stage_environment(
     *, base: Mapping[str, str] | None, pipeline_env: Mapping[str, str], run_vars: Mapping[str, str]
 ) -> dict[str, str]:
-    """The environment commands see: the worker's, then the pipeline's, then slipway's."""
-    base = os.environ if base is None else base
-    return {**base, **expand_env(pipeline_env, {**base, **run_vars}), **run_vars}
+    """The environment commands see: the allowed part of the worker's (``base``, default
+    this process's), then the pipeline's (``$VAR`` expanded from the allowed part and the
+    run variables, never from what stages are not given), then slipway's run variables
+    (HOME among them)."""
+    allowed = worker_env_for_stages(os.environ if base is None else base)
+    return {**allowed, **expand_env(pipeline_env, {**allowed, **run_vars}), **run_vars}

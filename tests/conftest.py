@@ -7,6 +7,7 @@ is Prefect's own test harness or a real ``prefect server`` process.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,11 @@ from uuid import uuid4
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="slipway-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
+# Every real server the tests start has Prefect's API authentication on, as slipway's
+# own does (slipway.local_server); every client and child process here sends this.
+# Prefect's test harness runs without it and ignores the header.
+API_AUTH_STRING = f"slipway-tests:{secrets.token_urlsafe(24)}"
+os.environ["PREFECT_API_AUTH_STRING"] = API_AUTH_STRING
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
@@ -100,7 +106,8 @@ def flow_env(prefect_harness: None, isolated_results: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``prefect server start`` process (SQLite) on a free port; yields the API URL."""
+    """A real ``prefect server start`` process (SQLite) on a free port, API authentication
+    on (:data:`API_AUTH_STRING`); yields the API URL."""
     from slipway.local_server import start_server, wait_healthy
 
     home = tmp_path_factory.mktemp("prefect-server")
@@ -109,7 +116,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # leases of dead holders (a killed worker's deploy slot) are reclaimed within 2 s of
     # expiring instead of 15 s: a shorter test, the same behaviour
     os.environ["PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS"] = "2"
-    proc = start_server("127.0.0.1", port, home)
+    proc = start_server("127.0.0.1", port, home, auth_string=API_AUTH_STRING)
     del os.environ["PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS"]
     if env_backup is not None:
         os.environ["PREFECT_HOME"] = env_backup

@@ -6,8 +6,9 @@ running against that server, git (the manifests repository), Prometheus and the
 example app as pods. Stand-in: the Kubernetes API (the ``stack`` fixture of
 tests/flows/test_deliver.py).
 
-A release goes to staging, then pauses for the production approval. The test opens
-the paused run's page, presses Resume, checks that the form's Markdown description
+A release goes to staging, then pauses for the production approval. The test logs
+in on the UI's login form (the server runs with API authentication), opens the
+paused run's page, presses Resume, checks that the form's Markdown description
 says what is being approved (app, build, commit, image digest, CI verdicts), fills
 the form in and submits it, and watches the page follow the run to its end.
 
@@ -39,6 +40,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from slipway.blocks.approval import ApprovalPolicy, EnvironmentApproval
 from slipway.flows.deliver import Delivery
 from tests.approvers import approver, code_for
+from tests.conftest import API_AUTH_STRING
 from tests.e2e.browser import chromium, chromium_page  # noqa: F401  (chromium: the fixture)
 from tests.flows.prefect_api import artifacts
 from tests.flows.test_deliver import (
@@ -81,6 +83,17 @@ class PrefectUI:
     def run_page(self, run_id: UUID) -> str:
         prefix = "/v2" if self.version == "v2" else ""
         return f"{self.base}{prefix}/runs/flow-run/{run_id}"
+
+    async def log_in(self, page: Page, auth_string: str) -> None:
+        """The server has API authentication on: the person opens the UI's login page
+        and types the auth string (``user:password``); the UI keeps it for the origin."""
+        prefix = "/v2" if self.version == "v2" else ""
+        await page.goto(f"{self.base}{prefix}/login")
+        password = page.get_by_placeholder("admin:pass")
+        await expect(password).to_be_visible()
+        await password.fill(auth_string)
+        await page.get_by_role("button", name="Login", exact=True).click()
+        await expect(password).to_be_hidden()
 
     async def open_resume_form(self, page: Page, run_id: UUID) -> Locator:
         """Open the paused run's page and press Resume; returns the form's dialog."""
@@ -149,14 +162,18 @@ async def decide_in_the_ui(
 ) -> None:
     """What the approver does: open the run, read the form, decide, see the run finish.
 
-    The browser starts and loads the run's page while the release is still on its way
-    to the pause (the page does not notice the pause by itself; the second load, with
-    the UI's code cached, does), which saves seconds per test on a busy machine.
+    The browser starts, loads the run's page and logs in while the release is still on
+    its way to the pause (the page does not notice the pause by itself; the second
+    load, with the UI's code cached, does), which saves seconds per test on a busy
+    machine.
     """
+
+    async def open_and_log_in(page: Page) -> None:
+        await ui.log_in(page, API_AUTH_STRING)
+        await page.goto(ui.run_page(run_id))
+
     async with chromium_page(chromium, evidence_dir) as page:
-        await asyncio.gather(
-            page.goto(ui.run_page(run_id)), asyncio.to_thread(wait_for_form, run_id)
-        )
+        await asyncio.gather(open_and_log_in(page), asyncio.to_thread(wait_for_form, run_id))
         dialog = await ui.open_resume_form(page, run_id)
         completed = page.get_by_text("Completed", exact=True).filter(visible=True)
         await expect(completed).to_have_count(0)  # so that seeing it later means something
@@ -225,6 +242,10 @@ def test_the_ui_is_served_offline_and_talks_to_its_own_server(on_server: str) ->
     assert page.status_code == 200 and "<html" in page.text.lower(), page.status_code
     settings = httpx.get(f"{base}/ui-settings", timeout=10).json()
     assert settings["api_url"] == on_server, settings
+    assert settings["auth"] == "BASIC", settings  # the UI asks for the auth string first
+    # and its API answers nothing without it
+    anonymous = httpx.post(f"{on_server}/flow_runs/filter", json={}, timeout=10)
+    assert anonymous.status_code == 401, anonymous.status_code
 
 
 def test_an_approval_in_the_prefect_ui_releases_to_production(

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -17,6 +18,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import TaskRun
 from prefect.logging.handlers import APILogHandler
+
+from tests.conftest import API_AUTH_STRING
+
+
+def api_auth() -> httpx.BasicAuth:
+    """For raw HTTP calls to the tests' servers, which run with API authentication."""
+    user, password = API_AUTH_STRING.split(":", 1)
+    return httpx.BasicAuth(user, password)
 
 
 def _has(runs: dict[str, TaskRun], name: str) -> bool:

@@ -54,6 +54,7 @@ from slipway.exceptions import ConfigError
 from slipway.flows.pipeline import pipeline
 from slipway.webhook import SECRET_ENV, load_secret
 from tests.conftest import _restart_event_and_log_workers
+from tests.flows.prefect_api import api_auth
 from tests.servers.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +146,7 @@ def test_the_server_stores_the_deployments_schedule_and_push_trigger(deployed, s
         httpx.post(
             f"{server_api}/deployments/{nightly.id}/schedule",
             json={"start_time": start, "max_runs": 2, "min_runs": 2},
+            auth=api_auth(),
             timeout=10,
         ).raise_for_status()
     with get_client(sync_client=True) as client:
@@ -317,7 +319,7 @@ def test_a_signed_push_starts_the_pipeline_and_forged_or_replayed_events_start_n
     ).stdout.strip()
     started = now("UTC")
     # the server's triggers service is what turns events into runs: it must be on
-    settings = httpx.get(f"{server_api}/admin/settings", timeout=10).json()
+    settings = httpx.get(f"{server_api}/admin/settings", auth=api_auth(), timeout=10).json()
     assert settings["server"]["services"]["triggers"]["enabled"] is True
 
     body = push_body(commit=commit)

@@ -2,7 +2,8 @@
 
 What deployments/README.md ("Scale-out") describes, started once for this folder:
 a throwaway PostgreSQL cluster, ``prefect server start`` with
-``PREFECT_API_DATABASE_CONNECTION_URL`` pointing at it, and three
+``PREFECT_API_DATABASE_CONNECTION_URL`` pointing at it (API authentication on; the
+workers inherit the session's ``PREFECT_API_AUTH_STRING``), and three
 ``prefect worker start --type process`` processes: two on the ``pipelines`` pool
 (two pipeline runs each at most, so a burst of runs has to spread over both) and
 one on ``e2e-runner`` (the "agent" for ``work_pool:`` stages). Every worker has its
@@ -28,7 +29,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from slipway.local_server import start_server, wait_healthy
-from tests.conftest import _restart_event_and_log_workers
+from tests.conftest import API_AUTH_STRING, _restart_event_and_log_workers
 from tests.servers.ports import free_port
 from tests.servers.postgres import postgres_url  # noqa: F401  (a fixture of this folder)
 
@@ -135,7 +136,7 @@ def scale_out(
     port = free_port()
     # the server process takes its database from the environment it is started with
     with mock.patch.dict(os.environ, {"PREFECT_API_DATABASE_CONNECTION_URL": postgres_url}):
-        server = start_server("127.0.0.1", port, home / "server")
+        server = start_server("127.0.0.1", port, home / "server", auth_string=API_AUTH_STRING)
     api_url = f"http://127.0.0.1:{port}/api"
     setup = ScaleOut(api_url)
     _restart_event_and_log_workers()
@@ -154,6 +155,9 @@ def scale_out(
                     "e2e-box",
                     home / "e2e-box",
                     SLIPWAY_TEST_MACHINE="e2e-box",
+                    # stages see only an allowlist of the worker's variables; an
+                    # operator passes more by name
+                    SLIPWAY_STAGE_PASS_ENV="SLIPWAY_TEST_MACHINE",
                 ),  # fmt: skip
             ]
             _wait_online(setup.workers)

@@ -12,6 +12,7 @@ import asyncio
 import json
 
 import pytest
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -35,7 +36,10 @@ from tests.scale_out.runs import (
 
 def _stages(app: str, *, failed: int = 0, pool: str = RUNNER_POOL) -> list[dict[str, object]]:
     e2e = [
-        'echo "machine=$SLIPWAY_TEST_MACHINE"',
+        'echo "machine=$SLIPWAY_TEST_MACHINE"',  # passed on by the worker's operator
+        # the runner's worker has the Prefect auth string; the stage does not get it
+        'test -z "${PREFECT_API_AUTH_STRING:-}" && test -z "${PREFECT_API_URL:-}"',
+        'echo "e2e token=$E2E_TOKEN"',  # its secret, resolved on the runner's machine
         "test ! -e local-only.txt",  # no shared disk: the local stage's file is not here
         'test "$(git rev-parse HEAD)" = "$SLIPWAY_COMMIT"',  # the pipeline's commit
         junit_command("reports/e2e.xml", f"{app}.e2e", 4, failed),
@@ -53,8 +57,13 @@ def _stages(app: str, *, failed: int = 0, pool: str = RUNNER_POOL) -> list[dict[
             "work_pool": pool,
             "run": e2e,
             "junit": ["reports/e2e.xml"],
+            "secrets": {"E2E_TOKEN": {"block": f"secret/{E2E_SECRET_BLOCK}"}},
         },
     ]
+
+
+E2E_SECRET_BLOCK = "e2e-token"
+E2E_TOKEN = "e2e-runner-token-3f9a1c"
 
 
 def _pipeline(stages: list[dict[str, object]]) -> Pipeline:
@@ -71,6 +80,7 @@ def test_a_work_pool_stage_needs_run_and_keeps_its_files_on_its_machine():
 
 
 def test_stages_run_on_the_e2e_runner_pool_and_report_back(on_scale_out, git_remote):
+    Secret(value=E2E_TOKEN).save(E2E_SECRET_BLOCK, overwrite=True)
     deploy_pipeline(PIPELINE_POOL)
     passing = start_pipeline(app_repo(git_remote, "shop", _stages("shop"))).id
     failing = start_pipeline(app_repo(git_remote, "cart", _stages("cart", failed=1))).id
@@ -94,6 +104,10 @@ def test_stages_run_on_the_e2e_runner_pool_and_report_back(on_scale_out, git_rem
     (e2e_box,) = on_scale_out.on(RUNNER_POOL)
     assert str(runner.id) in e2e_box.flow_runs_taken()
     assert "machine=e2e-box" in logs(runner.id)  # the stage's own output, in its own run
+    # the secret reached the stage, masked; the runner's parameters name only the block
+    assert "e2e token=***" in logs(runner.id) and E2E_TOKEN not in logs(runner.id)
+    assert E2E_TOKEN not in str(runner.parameters)
+    assert E2E_SECRET_BLOCK in str(runner.parameters)
     pipeline_log = logs(passing)
     assert f"as flow run {runner.name!r}" in pipeline_log and str(runner.id) in pipeline_log
     assert "machine=e2e-box" in pipeline_log  # the output's tail, in the pipeline's log too

@@ -607,3 +607,45 @@ def test_the_readmes_pipeline_file_is_valid_and_its_matrix_expands_as_described(
         "compat-3.13-true",
     ]
     assert compat.fail_fast is True
+
+
+def test_stage_secrets_name_a_block_field() -> None:
+    parsed = parse_pipeline(
+        spec(
+            """
+            app: a
+            stages:
+              - name: login
+                run: docker login -u ci --password-stdin <<<"$REGISTRY_PASSWORD"
+                secrets:
+                  REGISTRY_PASSWORD: {block: docker-registry-credentials/prod, field: password}
+                  DB_PASSWORD: {block: secret/db-password}
+            """
+        ),
+        FILE,
+    )
+
+    secrets = parsed.stage("login").secrets
+    assert secrets["REGISTRY_PASSWORD"].block == "docker-registry-credentials/prod"
+    assert secrets["REGISTRY_PASSWORD"].field == "password"
+    assert secrets["DB_PASSWORD"].field == "value"  # Prefect's Secret block
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("run: x\n    secrets: {P: {block: prod}}", "String should match pattern"),
+        ("run: x\n    secrets: {P: {block: secret/Prod}}", "String should match pattern"),
+        ("run: x\n    env: {P: a}\n    secrets: {P: {block: secret/p}}", "also set in 'env'"),
+        ("run: x\n    secrets: {HOME: {block: secret/p}}", "a name slipway sets itself"),
+        ("run: x\n    secrets: {SLIPWAY_APP: {block: secret/p}}", "a name slipway sets itself"),
+        (
+            "security_scan: {code: [src]}\n    secrets: {P: {block: secret/p}}",
+            "'secrets' goes with 'run' only",
+        ),
+    ],
+)
+def test_stage_secrets_are_checked(body: str, message: str) -> None:
+    found = only_problem(f"app: a\nstages:\n  - name: s\n    {body}\n")
+
+    assert message in found.message, found
