@@ -492,10 +492,15 @@ def test_slow_clients_hold_at_most_the_slots_and_only_until_the_deadline(tmp_pat
             f"{min(o['seconds'] for o in dropped):.2f}-{max(o['seconds'] for o in dropped):.2f} s"
             f"; at most {peak} handler threads"
         )
-        assert len(busy) == 26 and len(dropped) == 4, outcomes
+        # every client got an answer or was cut off: none was left hanging
+        assert len(busy) + len(dropped) == 30, outcomes
         assert peak <= 4
-        # the slow ones were cut off while still sending, at the whole-request deadline
-        assert all(o["seconds"] >= 2.0 for o in dropped)
+        # the ones that got a slot were cut off while still sending, at the whole-request
+        # deadline; the rest were turned away at once (503, or on a loaded machine a reset
+        # from the kernel's full accept queue before any thread saw them)
+        held = [o for o in dropped if o["seconds"] >= 2.0]
+        assert 1 <= len(held) <= 4, outcomes
+        assert all(o["seconds"] < 1.0 for o in busy + dropped if o not in held), outcomes
         # and the receiver serves a real delivery again
         assert receiver.post(push()).json()["status"] == "emitted"
         verdicts = [line["verdict"] for line in receiver.audit()]

@@ -25,8 +25,9 @@ def test_defaults_and_environments():
         },
     )
     assert isinstance(repo, GitRemote)  # credentials handled the GitRemote way
+    # no branch: the remote's default branch, asked for as `git clone` does
     assert (repo.branch, repo.author_name, repo.author_email) == (
-        "main",
+        None,
         "slipway",
         "slipway@localhost",
     )
