@@ -366,22 +366,23 @@ def test_a_signed_push_starts_the_pipeline_and_forged_or_replayed_events_start_n
     assert state.is_completed(), state
     assert [t.name for t in task_runs(first) if t.name.startswith("ok")] != []
 
-    # the attacker, on the Prefect API: an unsigned event, a tampered one, a replay
+    # the attacker, on the Prefect API: an unsigned event, a tampered one, a replay.
+    # Without the API auth string the server turns the event away at the door...
     resource = {"prefect.resource.id": "slipway.repo.example-app"}
     unsigned = {"branch": "main", "commit": "f" * 40, "delivery": "d-evil"}
-    httpx.post(
-        f"{server_api}/events",
-        json=[
-            {
-                "id": str(uuid4()),
-                "occurred": now("UTC").isoformat(),
-                "event": "slipway.push",
-                "resource": resource,
-                "payload": unsigned,
-            }
-        ],
-        timeout=10,
-    ).raise_for_status()
+    forged = [
+        {
+            "id": str(uuid4()),
+            "occurred": now("UTC").isoformat(),
+            "event": "slipway.push",
+            "resource": resource,
+            "payload": unsigned,
+        }
+    ]
+    assert httpx.post(f"{server_api}/events", json=forged, timeout=10).status_code == 401
+    # ...and one who holds it (a leaked string, an insider) still cannot start a build:
+    # the pipeline refuses every event the receiver did not sign
+    httpx.post(f"{server_api}/events", json=forged, auth=api_auth(), timeout=10).raise_for_status()
     emit_event("slipway.push", resource=resource, payload={**event.payload, "branch": "main"})
     emit_event("slipway.push", resource=resource, payload=dict(event.payload))
     runs = wait_for_runs(pipeline_deployment, 4)
