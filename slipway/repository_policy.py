@@ -201,9 +201,16 @@ async def check_deployment_run_repository(repository: str, flow_run: Any) -> Non
     if flow_run is None or flow_run.deployment_id is None:
         return
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
-        deployment = await client.read_deployment(flow_run.deployment_id)
+        try:
+            deployment = await client.read_deployment(flow_run.deployment_id)
+        except ObjectNotFound:
+            raise RepositoryNotAllowed(
+                f"the run's deployment {flow_run.deployment_id} no longer exists: its "
+                "repository cannot be checked, so the run builds nothing"
+            ) from None
         flow = await client.read_flow(deployment.flow_id)
     name = f"{flow.name}/{deployment.name}"
     if _run_override(flow_run.job_variables) and not is_block_name(repository):
