@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
+
 from slipway.exceptions import RepositoryNotAllowed
 
 ALLOWLIST_ENV = "SLIPWAY_ALLOWED_REPOSITORIES"
@@ -188,7 +192,7 @@ def _run_override(job_variables: Mapping[str, Any] | None) -> bool:
     return isinstance(env, Mapping) and ALLOWLIST_ENV in env
 
 
-async def check_deployment_run_repository(repository: str, flow_run: Any) -> None:  # noqa: ANN401
+async def check_deployment_run_repository(repository: str, flow_run: FlowRun | None) -> None:
     """The policy for the running flow run: unrestricted unless it belongs to a deployment.
 
     Reads the allowlist from this process's environment and the deployment's own
@@ -198,11 +202,8 @@ async def check_deployment_run_repository(repository: str, flow_run: Any) -> Non
     Raises:
         RepositoryNotAllowed: see :func:`check_repository_allowed`.
     """
-    if flow_run is None or flow_run.deployment_id is None:
-        return
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
+    if flow_run is None or flow_run.deployment_id is None or is_block_name(repository):
+        return  # a block is allowed everywhere: nothing to read from the API
     async with get_client() as client:
         try:
             deployment = await client.read_deployment(flow_run.deployment_id)
@@ -213,7 +214,7 @@ async def check_deployment_run_repository(repository: str, flow_run: Any) -> Non
             ) from None
         flow = await client.read_flow(deployment.flow_id)
     name = f"{flow.name}/{deployment.name}"
-    if _run_override(flow_run.job_variables) and not is_block_name(repository):
+    if _run_override(flow_run.job_variables):
         raise RepositoryNotAllowed(
             f"the run's own job variables set {ALLOWLIST_ENV}; runs of deployment {name!r} "
             "take the allowlist from the worker, the work pool or the deployment only"
@@ -223,7 +224,7 @@ async def check_deployment_run_repository(repository: str, flow_run: Any) -> Non
             os.environ.get(ALLOWLIST_ENV, ""), source=f"{ALLOWLIST_ENV} of the worker's process"
         )
     except ValueError as exc:
-        raise RepositoryNotAllowed(f"{exc}") from None
+        raise RepositoryNotAllowed(f"the allowlist is unusable: {exc}") from None
     default = (deployment.parameters or {}).get("repository")
     check_repository_allowed(
         repository,
