@@ -3,19 +3,25 @@
 On a real ``prefect server`` (API auth on): each test applies the pipeline as a
 deployment, starts a run of it as the UI or ``prefect deployment run`` would (parameters
 and job variables chosen by the starter), and executes that run here, as a process
-worker's flow process would. The repository's one stage appends to a file outside the
-workspace, so a stage that ran shows there; a refused run leaves no workspace either.
+worker's flow process would; the last test has a real ``prefect worker`` take the runs,
+with the allowlist in the deployment's job variables. The repository's one stage
+appends to a file outside the workspace, so a stage that ran shows there; a refused run
+leaves no workspace either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_engine import run_flow_async
 from prefect.states import State
@@ -23,6 +29,7 @@ from prefect.states import State
 from slipway.blocks.git import AppRepository
 from slipway.flows.pipeline import pipeline, run_pipeline
 from slipway.repository_policy import ALLOWLIST_ENV
+from tests.flows.prefect_api import ROOT, start_process_worker
 
 pytestmark = pytest.mark.usefixtures("on_server")
 
@@ -156,3 +163,69 @@ def test_a_run_from_the_users_own_shell_is_not_restricted(
 
     assert state.is_completed(), state
     assert attempt.ran() == 1
+
+
+def _final(run_id: UUID, timeout: float = 180) -> FlowRun:
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} not final: {run.state}"
+        time.sleep(0.5)
+
+
+def test_a_real_worker_takes_the_allowlist_from_the_deployments_job_variables(
+    attempt: Attempt, git_remote: Any, on_server: str, tmp_path: Path
+) -> None:  # noqa: ANN401
+    pool = f"allowlist-{uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    listed = f"{attempt.bare.parent}/allowlist-*"  # allowlist-app.git, not other.git
+    _bare, other = git_remote({"slipway.yaml": SPEC}, name="other.git")
+    deployment_id = pipeline.from_source(
+        source=str(ROOT), entrypoint="flows/pipeline.py:pipeline"
+    ).deploy(
+        name="allowlist",
+        work_pool_name=pool,
+        job_variables={"env": {ALLOWLIST_ENV: listed}},
+        print_next_steps=False,
+        ignore_warnings=True,
+    )
+    allowed = attempt.start(deployment_id, repository=attempt.url)
+    unlisted = attempt.start(deployment_id, repository=other)
+    overridden = attempt.start(
+        deployment_id, job_variables={"env": {ALLOWLIST_ENV: "/**"}}, repository=other
+    )
+    worker = start_process_worker(
+        pool,
+        on_server,
+        tmp_path / "worker.log",
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / "results"),
+        SLIPWAY_ALLOWED_REPOSITORIES=None,  # the worker itself allows nothing
+    )
+    try:
+        runs = {
+            name: _final(run.id)
+            for name, run in (
+                ("allowed", allowed),
+                ("unlisted", unlisted),
+                ("overridden", overridden),
+            )
+        }
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
+            client.delete_work_pool(pool)
+
+    states = {name: run.state for name, run in runs.items()}
+    assert states["allowed"] is not None and states["allowed"].is_completed(), states
+    assert states["unlisted"] is not None and states["unlisted"].is_failed(), states
+    assert "remotes/other is not allowed" in (states["unlisted"].message or ""), states
+    assert listed in (states["unlisted"].message or "")
+    assert states["overridden"] is not None and states["overridden"].is_failed(), states
+    assert "own job variables" in (states["overridden"].message or ""), states
+    assert attempt.ran() == 1  # the allowed run's stage, and only it
