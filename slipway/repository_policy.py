@@ -104,7 +104,9 @@ def normalise_repository(value: str, *, cwd: str | None = None) -> str:
     if "::" in value.split("/", 1)[0]:
         raise ValueError("git transports (<transport>::<address>) are not allowed here")
     colon = value.find(":")
-    if colon > 0 and "/" not in value[:colon]:  # git's scp-like syntax: [user@]host:path
+    # git's scp-like syntax, [user@]host:path, compared as ssh://[user@]host/path (what
+    # git hosts serve; a plain ssh server would resolve a relative path in the home)
+    if colon > 0 and "/" not in value[:colon]:
         login, _, host = value[:colon].rpartition("@")
         path = value[colon + 1 :]
         return _network_form("ssh", login or None, host, None, path)
