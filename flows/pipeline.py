@@ -51,6 +51,7 @@ from slipway.flows.scheduler import Decision, StageWalker
 from slipway.flows.stage_runner import ensure_stage_runners
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, summary_markdown
+from slipway.repository_policy import check_deployment_run_repository
 from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
 from slipway.stage_selection import with_needs
@@ -445,7 +446,8 @@ async def pipeline(
         str,
         Field(
             description="AppRepository block name, or a clone URL / local path (no "
-            "credentials in it: the server refuses a run whose URL has user:token@).",
+            "credentials in it: the server refuses a run whose URL has user:token@). A "
+            "deployment's run may name a URL only if SLIPWAY_ALLOWED_REPOSITORIES allows it.",
             json_schema_extra={"pattern": NO_USERINFO_PATTERN},
         ),
     ],
@@ -543,6 +545,9 @@ async def pipeline(
     run_id = str(flow_run.id) if flow_run else "local"
     overrides = PipelineOverrides(only=stages, skip=skip_stages or [], env=env or {})
     redactor = Redactor()
+    # a deployment's run builds a block, its own default or an allowlisted URL, else
+    # it fails here: before checkout, no stage runs (slipway.repository_policy)
+    await check_deployment_run_repository(repository, flow_run)
     repo = await resolve_repository(repository)
     redactor.add(*repo.secret_values())
     slack = await _load_notifier(notifier, redactor)

@@ -8,6 +8,7 @@ whether trying again can help, so retry policies and people can decide quickly::
     │   ├── SpecError                     pipeline file invalid (lists every problem)
     │   ├── UnsafeInputError              a ref, path or name that could escape or inject
     │   ├── BranchNotAllowed              this branch may not reach that environment
+    │   ├── RepositoryNotAllowed          a deployment's run may not build that repository
     │   ├── SuspendNotSupported           suspend needs a run started from a deployment
     │   └── ApprovalInputRefused          a decision that does not fit the approval form
     ├── StageCancelled                    the run was cancelled (Ctrl-C, SIGTERM); not a failure
@@ -195,6 +196,10 @@ class ScannerUnavailable(PermanentError):
 
 class BranchNotAllowed(ConfigError):
     """The branch may not reach the environment under its approval policy."""
+
+
+class RepositoryNotAllowed(ConfigError):
+    """A run of a deployment names a repository outside its allowlist (never a block)."""
 
 
 class SuspendNotSupported(ConfigError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from uuid import UUID
 
 import httpx
@@ -20,6 +24,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.logging.handlers import APILogHandler
 
 from tests.conftest import API_AUTH_STRING
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def api_auth() -> httpx.BasicAuth:
@@ -73,3 +79,29 @@ def logs(flow_run_id: UUID) -> str:
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
         )
     return "\n".join(r.message for r in records)
+
+
+def start_process_worker(
+    pool: str, api_url: str, log: Path, **env: str | None
+) -> subprocess.Popen[bytes]:
+    """``prefect worker start --pool POOL`` from the project root, as an operator runs it.
+
+    It polls every second (a test need not wait 10 s) and runs in a session of its own,
+    so its process group can be ended with it. ``env`` adds variables to the worker's
+    environment (the test process's); ``None`` removes one.
+    """
+    environment = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    for name, value in env.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -21,7 +21,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from slipway.blocks.gitops import EnvironmentManifests, ManifestsRepository
 from slipway.deploy_spec import DeploySpec
 from slipway.flows.deliver import Delivery, deliver, slot_name
 from slipway.redact import Redactor
+from tests.flows.prefect_api import start_process_worker
 from tests.servers.example_manifests import app_deployment, app_service
 from tests.servers.git_http import commit_files, make_bare_repo
 from tests.servers.kube_api import BROKEN_IMAGE_PREFIX, KubeCluster
@@ -194,16 +194,7 @@ def worker(on_server: str, tmp_path: Path) -> Iterator[tuple[str, subprocess.Pop
         name="crash-test", work_pool_name=pool, print_next_steps=False, ignore_warnings=True
     )
     log = tmp_path / "worker.log"
-    env = {**os.environ, "PREFECT_API_URL": on_server, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_process_worker(pool, on_server, log)
     try:
         yield "deliver-release/crash-test", proc, log
     finally:

@@ -275,7 +275,10 @@ def test_a_pipeline_takes_its_image_through_staging_and_an_approved_production(
 def test_a_suspended_approval_resumes_without_rerunning_stages_or_a_new_build_number(
     world: World,
 ) -> None:
-    deployment_id = pipeline.to_deployment(name=f"deploy-{uuid4().hex[:6]}").apply()
+    # the repository is the deployment's own default: a deployment's run may build it
+    deployment_id = pipeline.to_deployment(
+        name=f"deploy-{uuid4().hex[:6]}", parameters={"repository": world.url}
+    ).apply()
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(
             deployment_id,

@@ -146,9 +146,12 @@ def scale_out(
             with get_client(sync_client=True) as client:
                 for pool in (PIPELINE_POOL, RUNNER_POOL):
                     client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            # the pipeline workers build the tests' repositories (git_remote, under the
+            # session's temporary folder): runs of a deployment need them allowlisted
+            allowed = {"SLIPWAY_ALLOWED_REPOSITORIES": f"{tmp_path_factory.getbasetemp()}/**"}
             setup.workers = [
-                _start_worker(api_url, PIPELINE_POOL, "ci-a", home / "ci-a"),
-                _start_worker(api_url, PIPELINE_POOL, "ci-b", home / "ci-b"),
+                _start_worker(api_url, PIPELINE_POOL, "ci-a", home / "ci-a", **allowed),
+                _start_worker(api_url, PIPELINE_POOL, "ci-b", home / "ci-b", **allowed),
                 _start_worker(
                     api_url,
                     RUNNER_POOL,
