@@ -117,6 +117,7 @@ class ControlPlane:
     admin_kubeconfig: Path
     pids: dict[str, int]
     ready_seconds: dict[str, float] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def write_kubeconfig(self, path: Path, user: str, groups: Sequence[str] = ()) -> Path:
         """A kubeconfig for a new identity: a client certificate for ``user`` in ``groups``
@@ -132,7 +133,14 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop every component: SIGTERM to its process group, SIGKILL after a while."""
-        stop_components(self.pids)
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            _signal_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(STOP_TIMEOUT_SECONDS)
+            _signal_group(proc.pid, signal.SIGKILL)  # and anything it left in its group
+            proc.wait()
+        stop_components({k: v for k, v in self.pids.items() if k not in self.procs})
         (self.folder / "state.json").unlink(missing_ok=True)
 
 
@@ -180,9 +188,11 @@ def start_control_plane(
     plane = ControlPlane(folder, api_url, kubeconfigs["slipway"][0], kubeconfigs["admin"][0], pids)
     try:
         for name in COMPONENTS:
-            pids[name] = _spawn(argv[name], folder / "logs" / f"{name}.log")
+            proc = _spawn(argv[name], folder / "logs" / f"{name}.log")
+            plane.procs[name] = proc
+            pids[name] = proc.pid
             _write_state(folder, plane)
-            _wait_healthy(name, pids[name], _health_url(name, ports), pki, folder, start, timeout)
+            _wait_healthy(name, proc, _health_url(name, ports), pki, folder, start, timeout)
             plane.ready_seconds[name] = round(time.monotonic() - start, 2)
             log(f"controlplane: {name} healthy after {plane.ready_seconds[name]:.1f} s")
         _bind_slipway(api_url, pki)
@@ -324,20 +334,25 @@ def _health_url(name: str, ports: Mapping[str, int]) -> str:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def _spawn(argv: list[str], log_path: Path) -> int:
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as output:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as one
         )
-    return proc.pid
 
 
 def _wait_healthy(
-    name: str, pid: int, url: str, pki: _Pki, folder: Path, start: float, timeout: float
+    name: str,
+    proc: subprocess.Popen[bytes],
+    url: str,
+    pki: _Pki,
+    folder: Path,
+    start: float,
+    timeout: float,
 ) -> None:
     context = pki.client_context()
     if name in ("kube-controller-manager", "kube-scheduler"):
@@ -345,8 +360,14 @@ def _wait_healthy(
         context = ssl._create_unverified_context()  # noqa: S323 - loopback health check only
     last = "no answer yet"
     while time.monotonic() - start < timeout:
-        if not _alive(pid, name):
-            raise RemoteUnavailable(_failure(name, _exit_status(pid), folder))
+        # the Popen, not /proc/<pid>/cmdline: right after exec the kernel may not have set
+        # the new command line yet, and a busy machine makes that window long
+        code = proc.poll()
+        if code is not None:
+            how = (
+                f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            )
+            raise RemoteUnavailable(_failure(name, how, folder))
         try:
             with urllib.request.urlopen(url, timeout=3, context=context) as answer:
                 if answer.status == 200:
@@ -360,17 +381,6 @@ def _wait_healthy(
     raise RemoteUnavailable(
         _failure(name, f"was not healthy after {timeout:.0f} s ({url}: {last})", folder)
     )
-
-
-def _exit_status(pid: int) -> str:
-    """How our child ``pid`` ended, reaping it: ``exited with status 1``, ``killed by SIGKILL``."""
-    try:
-        _pid, status = os.waitpid(pid, 0)
-    except (ChildProcessError, OSError):
-        return "exited"
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
 def _failure(name: str, what: str, folder: Path) -> str:
@@ -458,9 +468,14 @@ class _Pki:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                 .add_extension(
                     x509.KeyUsage(
-                        digital_signature=True, key_cert_sign=True, crl_sign=True,
-                        content_commitment=False, key_encipherment=False,
-                        data_encipherment=False, key_agreement=False, encipher_only=False,
+                        digital_signature=True,
+                        key_cert_sign=True,
+                        crl_sign=True,
+                        content_commitment=False,
+                        key_encipherment=False,
+                        data_encipherment=False,
+                        key_agreement=False,
+                        encipher_only=False,
                         decipher_only=False,
                     ),
                     critical=True,
@@ -571,9 +586,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         handle.write(data)
 
 
-def _write_kubeconfig(
-    path: Path, api_url: str, ca: Path, cert: Path, key: Path, user: str
-) -> None:
+def _write_kubeconfig(path: Path, api_url: str, ca: Path, cert: Path, key: Path, user: str) -> None:
     """A self-contained kubeconfig (certificates embedded), readable by its owner only."""
 
     def b64(file: Path) -> str:
