@@ -123,7 +123,8 @@ class ControlPlane:
         """A kubeconfig for a new identity: a client certificate for ``user`` in ``groups``
         (what it may do is up to RBAC: bind roles to it)."""
         pki = _Pki(self.folder / "pki")
-        key, cert = pki.issue(f"user-{user}", user, groups, client=True, overwrite=True)
+        # its own file prefix: never the components' own certificates (user-*)
+        key, cert = pki.issue(f"identity-{user}", user, groups, client=True, overwrite=True)
         _write_kubeconfig(path, self.api_url, pki.ca_cert_path, cert, key, user)
         return path
 
@@ -172,20 +173,19 @@ def start_control_plane(
     files = pki.ensure()
     ports = {name: _free_port() for name in ("etcd", "etcd-peer", *KUBE_COMPONENTS)}
     api_url = f"https://127.0.0.1:{ports['kube-apiserver']}"
-    kubeconfigs = {
-        "admin": (folder / "admin.kubeconfig", ADMIN_USER),
-        "slipway": (folder / "kubeconfig", SLIPWAY_USER),
-        "kube-controller-manager": (
-            folder / "controller-manager.kubeconfig", "system:kube-controller-manager"),
-        "kube-scheduler": (folder / "scheduler.kubeconfig", "system:kube-scheduler"),
-    }  # fmt: skip
-    for name, (path, _user) in kubeconfigs.items():
+    kubeconfigs = {  # whose certificate (pki.ensure() names the users) -> where
+        "admin": folder / "admin.kubeconfig",
+        "slipway": folder / "kubeconfig",
+        "kube-controller-manager": folder / "controller-manager.kubeconfig",
+        "kube-scheduler": folder / "scheduler.kubeconfig",
+    }
+    for name, path in kubeconfigs.items():
         key, cert = files[f"user-{name}"]
         _write_kubeconfig(path, api_url, pki.ca_cert_path, cert, key, name)
     argv = _argv(paths, folder, files, ports, pki, kubeconfigs)
     start = time.monotonic()
     pids: dict[str, int] = {}
-    plane = ControlPlane(folder, api_url, kubeconfigs["slipway"][0], kubeconfigs["admin"][0], pids)
+    plane = ControlPlane(folder, api_url, kubeconfigs["slipway"], kubeconfigs["admin"], pids)
     try:
         for name in COMPONENTS:
             proc = _spawn(argv[name], folder / "logs" / f"{name}.log")
@@ -248,7 +248,7 @@ def _argv(
     files: Mapping[str, tuple[Path, Path]],
     ports: Mapping[str, int],
     pki: _Pki,
-    kubeconfigs: Mapping[str, tuple[Path, str]],
+    kubeconfigs: Mapping[str, Path],
 ) -> dict[str, list[str]]:
     ca = str(pki.ca_cert_path)
     etcd_key, etcd_cert = files["etcd-server"]
@@ -259,7 +259,7 @@ def _argv(
     peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
 
     def component(name: str) -> list[str]:
-        kubeconfig = str(kubeconfigs[name][0])
+        kubeconfig = str(kubeconfigs[name])
         return [
             str(paths[name]),
             f"--kubeconfig={kubeconfig}",
