@@ -40,7 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from wcmatch import glob
 
 from slipway.exceptions import StageFailed, UnsafeInputError
-from slipway.tasks.file_trees import keep_alive
+from slipway.tasks.file_trees import keep_alive, remove_unused
 from slipway.workspace import inside, slipway_home
 
 _CHUNK = 1024 * 1024
@@ -150,15 +150,7 @@ def _store_copy(fd: int, store: Path) -> str:
 def clean_store(store: Path, max_age_days: float, now: float | None = None) -> tuple[int, int]:
     """Remove objects (and leftover partial copies) unused for ``max_age_days``;
     returns (files removed, bytes freed)."""
-    cutoff = (time.time() if now is None else now) - max_age_days * 86400
-    removed = freed = 0
-    for entry in os.scandir(store):
-        info = entry.stat(follow_symlinks=False)
-        if info.st_mtime < cutoff:
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
-            freed += info.st_size
-    return removed, freed
+    return remove_unused(store, max_age_days * 86400, now)
 
 
 def _store_bytes(store: Path) -> int:

@@ -207,10 +207,34 @@ def keep_alive(blob: Path) -> None:
         pass
 
 
+def remove_unused(store: Path, max_age_seconds: float, now: float | None = None) -> tuple[int, int]:
+    """Delete what the store holds unused for ``max_age_seconds`` (by mtime, which
+    :func:`keep_alive` renews), leftover partial copies included; the sweep's own marker
+    stays. Returns (files removed, bytes freed)."""
+    cutoff = (time.time() if now is None else now) - max_age_seconds
+    removed = freed = 0
+    with os.scandir(store) as entries:
+        for entry in entries:
+            if entry.name == _SWEPT_MARKER:
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if info.st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+                    freed += info.st_size
+            except FileNotFoundError:
+                continue
+    return removed, freed
+
+
+_SWEPT_MARKER = ".pruned"
+
+
 def prune_store(store: Path, max_age_seconds: float, *, every_seconds: float = 86400) -> int:
-    """Delete blobs unused for ``max_age_seconds``, at most once per ``every_seconds``
-    (a marker file remembers the last pass); returns how many were deleted."""
-    marker = store / ".pruned"
+    """:func:`remove_unused`, at most once per ``every_seconds`` (a marker file remembers
+    the last pass); returns how many were deleted."""
+    marker = store / _SWEPT_MARKER
     now = time.time()
     try:
         if now - marker.stat().st_mtime < every_seconds:
@@ -218,18 +242,7 @@ def prune_store(store: Path, max_age_seconds: float, *, every_seconds: float = 8
     except FileNotFoundError:
         pass
     marker.touch()
-    deleted = 0
-    with os.scandir(store) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if now - entry.stat().st_mtime > max_age_seconds:
-                    os.unlink(entry.path)
-                    deleted += 1
-            except FileNotFoundError:
-                continue
-    return deleted
+    return remove_unused(store, max_age_seconds, now)[0]
 
 
 def entries_for(

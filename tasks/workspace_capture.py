@@ -39,7 +39,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from slipway.exceptions import StageFailed
-from slipway.tasks.artifacts import ArchivedFile, artifact_store, restore_artifacts
+from slipway.tasks.artifacts import (
+    ArchivedFile,
+    ArtifactSettings,
+    artifact_store,
+    restore_artifacts,
+)
 from slipway.tasks.file_trees import (
     MissingBlob,
     Snapshot,
@@ -55,7 +60,9 @@ from slipway.tasks.file_trees import (
 
 EXCLUDED = (".git",)  # the checkout's own metadata is not a stage output
 # how long a stage result may be reused (Prefect's cache expiration for stage tasks);
-# a stored blob no result has named for longer (plus a day) is deleted, once a day
+# a stored blob no result has named for longer (plus a day) may go: the store is shared
+# with archived artifacts, so it goes only after the store's own age limit as well
+# (SLIPWAY_ARTIFACTS_MAX_AGE_DAYS, which archiving applies too), swept once a day
 RESULT_LIFETIME = timedelta(days=14)
 _UNUSED_BLOB_SECONDS = (RESULT_LIFETIME + timedelta(days=1)).total_seconds()
 MAX_BYTES_ENV = "SLIPWAY_CAPTURE_MAX_BYTES"
@@ -182,7 +189,7 @@ def finish_capture(
         return WorkspaceChanges(
             None, why_not=f"its changes take {size} bytes, over {MAX_BYTES_ENV}={limit}"
         )
-    prune_store(store, _UNUSED_BLOB_SECONDS)
+    prune_store(store, max(_UNUSED_BLOB_SECONDS, ArtifactSettings().max_age_days * 86400))
     try:
         entries = entries_for(workspace, changes, after, store)
     except OSError as exc:  # an unreadable file, a full disk: the result stands, not reusable

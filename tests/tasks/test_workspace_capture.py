@@ -194,3 +194,21 @@ def test_blobs_no_result_named_for_the_result_lifetime_are_pruned_once_a_day(tmp
     assert sorted(p.name for p in store.iterdir() if p.name[0] != ".") == [reused]
     os.utime(store / reused, (month_ago, month_ago))
     assert prune_store(store, 15 * 86400) == 0  # the next pass waits a day
+
+
+def test_a_capture_keeps_archived_artifacts_for_the_stores_own_age_limit(tmp_path, monkeypatch):
+    # captures and archived artifacts share one store: a capture's daily sweep must not
+    # cut SLIPWAY_ARTIFACTS_MAX_AGE_DAYS (default 30) down to the result lifetime
+    monkeypatch.delenv("SLIPWAY_ARTIFACTS_MAX_AGE_DAYS", raising=False)
+    store = tmp_path / "store"
+    store.mkdir()
+    artifact = store_bytes(b"a wheel archived three weeks ago", store)
+    weeks_ago = time.time() - 21 * 86400
+    os.utime(store / artifact, (weeks_ago, weeks_ago))
+    workspace = checkout(tmp_path / "ws")
+
+    begin_capture(workspace, "attempt-1")
+    (workspace / "made.txt").write_text("by the stage")
+    finish_capture(workspace, "attempt-1", store)
+
+    assert (store / artifact).exists()
