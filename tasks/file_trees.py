@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
 from slipway.exceptions import ConfigError, SlipwayError, UnsafeInputError
 from slipway.workspace import inside
 
@@ -68,13 +70,20 @@ class TreeEntry:
 
 
 def byte_setting(name: str, default: int) -> int:
-    """A size limit from the environment variable ``name`` (bytes), else ``default``."""
+    """A size limit from the environment variable ``name``, else ``default``.
+
+    Read as the artifact limits are (pydantic's ``ByteSize``: plain bytes or with units,
+    ``500MiB``, ``2GB``), so every ``SLIPWAY_*_BYTES`` setting takes the same spellings.
+    """
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not text.isdigit():
-        raise ConfigError(f"{name}={text!r}: expected a number of bytes")
-    return int(text)
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise ConfigError(
+            f"{name}={text!r}: expected a number of bytes (units allowed: 500MiB, 2GB)"
+        ) from None
 
 
 def _state(path: str, st: os.stat_result) -> PathState:
