@@ -55,6 +55,7 @@ from slipway.blocks.git import AppRepository
 from slipway.blocks.gitops import ManifestsRepository
 from slipway.exceptions import ConfigError, SlipwayError, retry_temporary_errors
 from slipway.redact import Redactor
+from slipway.repository_policy import is_block_name
 from slipway.spec_types import NAME_PATTERN
 from slipway.tasks.dora import (
     Deploy,
@@ -74,8 +75,6 @@ from slipway.workspace import slipway_home
 BLOCK_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,127}$"
 MAX_WEEKS = 104
 # a clone URL or local path (as the pipeline's ``repository`` parameter takes it)
-_URLISH = re.compile(r"[/:]")
-
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 BlockName = Annotated[str, Field(pattern=BLOCK_NAME_PATTERN)]
 
@@ -156,7 +155,7 @@ async def _load_manifests(name: str, environment: str) -> ManifestsRepository:
 
 
 async def _resolve_repository(repository: str) -> AppRepository:
-    if _URLISH.search(repository):
+    if repository and not is_block_name(repository):
         return AppRepository(url=repository)
     try:
         return await AppRepository.aload(repository)

@@ -51,7 +51,7 @@ from slipway.flows.scheduler import Decision, StageWalker
 from slipway.flows.stage_runner import ensure_stage_runners
 from slipway.redact import Redactor
 from slipway.report import EnvironmentOutcome, PipelineReport, StageOutcome, summary_markdown
-from slipway.repository_policy import check_deployment_run_repository
+from slipway.repository_policy import check_deployment_run_repository, is_block_name
 from slipway.spec import Pipeline, PipelineOverrides, Stage
 from slipway.spec_loader import check_overrides, load_pipeline
 from slipway.stage_selection import with_needs
@@ -83,8 +83,6 @@ from slipway.workspace import (
     new_workspace,
     run_home,
 )
-
-_URLISH = re.compile(r"[/:]")
 
 
 async def _settled(future: PrefectFuture[Any]) -> State:
@@ -127,7 +125,7 @@ async def resolve_repository(repository: str) -> AppRepository:
         check_repository_reference(repository)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if _URLISH.search(repository):
+    if repository and not is_block_name(repository):  # one rule with the allowlist's
         return AppRepository(url=repository)
     return await AppRepository.aload(repository)
 

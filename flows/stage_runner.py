@@ -24,7 +24,6 @@ pull step. A worker of the pool is all that is needed there::
 # the annotations (see flows/pipeline.py).
 
 import asyncio
-import re
 import socket
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -40,6 +39,7 @@ from pydantic import Field
 from slipway.blocks.git import AppRepository
 from slipway.exceptions import ConfigError, SlipwayError, StageFailed
 from slipway.redact import Redactor
+from slipway.repository_policy import is_block_name
 from slipway.spec import Pipeline, Stage
 from slipway.tasks.checkout import checkout_repo
 from slipway.tasks.remote_stages import (
@@ -57,12 +57,10 @@ from slipway.tasks.stages import (
 )
 from slipway.workspace import new_workspace, remove_workspace, run_home
 
-_URLISH = re.compile(r"[/:]")
-
 
 async def _repository(reference: str) -> AppRepository:
     """The pipeline's rule: a clone URL or local path as-is, else an AppRepository block."""
-    if _URLISH.search(reference):
+    if reference and not is_block_name(reference):
         return AppRepository(url=reference)
     return await AppRepository.aload(reference)
 
