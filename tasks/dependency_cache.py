@@ -211,7 +211,6 @@ class DependencyCacheOutcome:
     key: str
     status: Literal["hit", "partial", "miss"]
     restored_from: str | None = None
-    restored_bytes: int = 0
     saved: str = ""
     seconds: float = 0.0
 

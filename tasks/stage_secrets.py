@@ -30,9 +30,6 @@ from slipway.exceptions import ConfigError
 from slipway.redact import Redactor, block_secret_values
 from slipway.spec import Pipeline, SecretRef
 
-StageSecrets = Mapping[str, Mapping[str, str]]
-"""Stage name -> the environment variables it gets from block fields."""
-
 
 @dataclass(frozen=True)
 class BlockUse:
