@@ -211,6 +211,7 @@ class DependencyCacheOutcome:
     key: str
     status: Literal["hit", "partial", "miss"]
     restored_from: str | None = None
+    restored_bytes: int = 0
     saved: str = ""
     seconds: float = 0.0
 
@@ -294,7 +295,7 @@ def restore_caches(
             key,
             status,
             entry.get("key") if entry is not None and status != "miss" else None,
-            written,
+            restored_bytes=written,
             seconds=round(time.monotonic() - started, 3),
         )
         log(outcome.note() + f" (key {key}, {written} bytes restored)")
